@@ -1,0 +1,356 @@
+//! TOML configuration (DESIGN §7): every key has a default, unknown keys are refused, `validate()`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::DEFAULT_MAX_EVENT_BYTES;
+
+/// Whole daemon configuration; `Config::default()` is what `edge-relay run` uses with no file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Gateway id sent upstream with every batch. Default: the host name.
+    pub gateway_id: String,
+    /// Directory of the sled outbox. Default: `$STATE_DIRECTORY`, else `./edge-relay-data`.
+    pub data_dir: PathBuf,
+    /// Local producers.
+    pub ingest: IngestConfig,
+    /// Where events go.
+    pub upstream: UpstreamConfig,
+    /// Outbox bounds.
+    pub buffer: BufferConfig,
+    /// Delivery pacing.
+    pub relay: RelayConfig,
+}
+
+/// `[ingest]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `[ingest.http]`: the local HTTP endpoint.
+    pub http: HttpIngestConfig,
+}
+
+/// `[ingest.http]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpIngestConfig {
+    /// Listen address. Default `127.0.0.1:7878`.
+    pub listen: SocketAddr,
+    /// Largest accepted request body, bytes. Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// Largest accepted event `data`, bytes (encoded JSON). Default 64 KiB.
+    pub max_event_bytes: usize,
+}
+
+/// Upstream transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MCP Streamable HTTP.
+    Http,
+    /// MCP over MQTT (not yet implemented).
+    Mqtt,
+}
+
+/// `[upstream]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `http` or `mqtt`. Default `http`.
+    pub transport: Transport,
+    /// http: the MCP endpoint (`http://` or `https://`); mqtt: the broker.
+    pub url: String,
+    /// mqtt: server-name filter to discover.
+    pub server_name: String,
+    /// File holding a bearer token (http) or password (mqtt). Read at start, never logged.
+    pub token_file: Option<PathBuf>,
+    /// Name of the ingest tool. Default `edge_ingest`.
+    pub ingest_tool: String,
+    /// Name of the cursor tool. Default `edge_cursor`.
+    pub cursor_tool: String,
+}
+
+/// What the outbox does when `max_bytes` would be exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Refuse the new events (HTTP 507); nothing accepted is lost.
+    Reject,
+    /// Delete the oldest undelivered events, count them and report the gap upstream.
+    DropOldest,
+}
+
+/// `[buffer]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Cap on buffered (undelivered) event bytes, as encoded in the outbox. Default 512 MiB.
+    pub max_bytes: u64,
+    /// Overflow policy. Default `reject`.
+    pub overflow: Overflow,
+    /// sled page cache cap, bytes. Default 8 MiB.
+    pub cache_bytes: u64,
+    /// How many delivered events keep their `id` for producer idempotency. Default 100000.
+    pub id_retention: u64,
+}
+
+/// `[relay]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Most events per `edge_ingest` call. Default 500.
+    pub batch_max_events: usize,
+    /// Most encoded event bytes per call (one event always goes). Default 256 KiB.
+    pub batch_max_bytes: usize,
+    /// First reconnect delay, ms. Default 200.
+    pub backoff_initial_ms: u64,
+    /// Reconnect delay cap, ms. Default 30000.
+    pub backoff_max_ms: u64,
+    /// Timeout of every upstream request (connect, initialize, each tool call), ms. Default 10000.
+    pub request_timeout_ms: u64,
+}
+
+/// A secret read from a file; `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Reads the file, trimming surrounding whitespace.
+    ///
+    /// # Errors
+    /// The file cannot be read or is empty.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading secret {}: {e}", path.display()))?;
+        let text = text.trim();
+        anyhow::ensure!(!text.is_empty(), "secret file {} is empty", path.display());
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The secret itself; call only where it goes on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway_id: default_gateway_id(),
+            data_dir: default_data_dir(),
+            ingest: IngestConfig::default(),
+            upstream: UpstreamConfig::default(),
+            buffer: BufferConfig::default(),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpIngestConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpIngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Http,
+            url: "http://127.0.0.1:8787/mcp".to_owned(),
+            server_name: "edge/ingest".to_owned(),
+            token_file: None,
+            ingest_tool: crate::contract::INGEST_TOOL.to_owned(),
+            cursor_tool: crate::contract::CURSOR_TOOL.to_owned(),
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 512 * 1024 * 1024,
+            overflow: Overflow::Reject,
+            cache_bytes: 8 * 1024 * 1024,
+            id_retention: 100_000,
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_events: 500,
+            batch_max_bytes: 256 * 1024,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 30_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+fn default_gateway_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("./edge-relay-data"))
+}
+
+impl Config {
+    /// Parses TOML text and validates it.
+    ///
+    /// # Errors
+    /// Syntax errors, unknown keys, wrong types (with the key's location), or a `validate()` failure.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// As [`Config::from_toml`], prefixed with the file name.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Checks values that types alone cannot: non-empty names, sane bounds, a usable URL.
+    ///
+    /// # Errors
+    /// The first invalid key, named as in the TOML file.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        ensure!(!self.gateway_id.is_empty(), "gateway_id must not be empty");
+        let http = &self.ingest.http;
+        ensure!(
+            http.max_event_bytes >= 16,
+            "ingest.http.max_event_bytes must be at least 16"
+        );
+        ensure!(
+            http.max_body_bytes >= http.max_event_bytes,
+            "ingest.http.max_body_bytes must be >= max_event_bytes"
+        );
+        let up = &self.upstream;
+        match up.transport {
+            Transport::Http => ensure!(
+                up.url.starts_with("http://") || up.url.starts_with("https://"),
+                "upstream.url must start with http:// or https:// for transport \"http\""
+            ),
+            Transport::Mqtt => anyhow::bail!(
+                "upstream.transport \"mqtt\" is not implemented in this version; use \"http\""
+            ),
+        }
+        ensure!(
+            !up.ingest_tool.is_empty() && !up.cursor_tool.is_empty(),
+            "upstream.ingest_tool and upstream.cursor_tool must not be empty"
+        );
+        let buf = &self.buffer;
+        ensure!(
+            buf.max_bytes >= 1024 * 1024,
+            "buffer.max_bytes must be at least 1 MiB"
+        );
+        ensure!(
+            buf.max_bytes >= 4 * http.max_body_bytes as u64,
+            "buffer.max_bytes must be at least 4 x ingest.http.max_body_bytes"
+        );
+        let relay = &self.relay;
+        ensure!(
+            (1..=10_000).contains(&relay.batch_max_events),
+            "relay.batch_max_events must be in 1..=10000"
+        );
+        ensure!(
+            relay.batch_max_bytes >= 1024,
+            "relay.batch_max_bytes must be at least 1024"
+        );
+        ensure!(
+            relay.backoff_initial_ms >= 1 && relay.backoff_initial_ms <= relay.backoff_max_ms,
+            "relay.backoff_initial_ms must be >= 1 and <= backoff_max_ms"
+        );
+        ensure!(
+            relay.request_timeout_ms >= 100,
+            "relay.request_timeout_ms must be at least 100"
+        );
+        Ok(())
+    }
+}
+
+impl RelayConfig {
+    /// `request_timeout_ms` as a `Duration`.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.ingest.http.listen.port(), 7878);
+        assert_eq!(c.buffer.overflow, Overflow::Reject);
+        assert_eq!(c.relay.batch_max_events, 500);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/edge-relay.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.gateway_id, "gw-01");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Config::from_toml("[relay]\nbatch_max_event = 3\n").unwrap_err();
+        assert!(format!("{err:#}").contains("batch_max_event"), "{err:#}");
+        let err = Config::from_toml("[buffer]\noverflow = \"drop\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("overflow"), "{err:#}");
+        let err = Config::from_toml("[relay]\nbatch_max_events = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("batch_max_events"), "{err:#}");
+        let err = Config::from_toml("[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("upstream.url"), "{err:#}");
+    }
+
+    #[test]
+    fn secret_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let s = Secret::from_file(&path).unwrap();
+        assert_eq!(s.expose(), "s3cret");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

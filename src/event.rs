@@ -1,0 +1,238 @@
+//! The event model (DESIGN §1): what producers send, what the outbox stores, what the upstream gets.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Default cap on the encoded size of one event's `data`, in bytes (DESIGN §1: 64 KiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Longest accepted `source`, in bytes.
+pub const MAX_SOURCE_LEN: usize = 256;
+/// Longest accepted `kind`, in bytes.
+pub const MAX_KIND_LEN: usize = 64;
+/// Longest accepted `time`, in bytes.
+pub const MAX_TIME_LEN: usize = 64;
+/// `kind` used when a producer gives none.
+pub const DEFAULT_KIND: &str = "event";
+
+/// A committed event: `seq` assigned by the outbox, strictly increasing, never reused.
+///
+/// Wire and storage shape:
+/// `{"id":uuid,"seq":u64,"source":str,"kind":str,"time":rfc3339,"data":any}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Producer idempotency key, or a fresh UUIDv7.
+    pub id: Uuid,
+    /// Position in this outbox's stream; the order key and the cursor.
+    pub seq: u64,
+    /// Producer name: sensor id, tool name or local MQTT topic (1..=256 bytes).
+    pub source: String,
+    /// `sensor`, `tool` or another short string (1..=64 bytes).
+    pub kind: String,
+    /// Producer timestamp, else gateway clock at commit (RFC 3339). Never used for ordering.
+    pub time: String,
+    /// Any JSON value, at most `max_event_bytes` when encoded.
+    pub data: Value,
+}
+
+/// An event as a producer submits it, before validation and before a `seq` exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Producer-supplied idempotency key, if any.
+    pub id: Option<Uuid>,
+    /// See [`Event::source`].
+    pub source: String,
+    /// See [`Event::kind`].
+    pub kind: String,
+    /// Producer timestamp, if given.
+    pub time: Option<String>,
+    /// See [`Event::data`].
+    pub data: Value,
+}
+
+/// Why a submitted event was refused; names the field so a 4xx can say which.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct FieldError {
+    /// JSON field name (`id`, `source`, `kind`, `time`, `data`, or `(event)` for the whole).
+    pub field: &'static str,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl NewEvent {
+    /// Checks one submitted JSON value against the event model.
+    ///
+    /// Accepts an object with `source` (string, required), `data` (required, any JSON),
+    /// optional `id` (UUID string), `kind` (string, default `"event"`) and `time` (string).
+    /// `seq` is assigned by the outbox and refused here; unknown fields are refused too.
+    ///
+    /// # Errors
+    /// A [`FieldError`] naming the first offending field.
+    pub fn from_json(value: Value, max_event_bytes: usize) -> Result<Self, FieldError> {
+        let Value::Object(mut obj) = value else {
+            return Err(FieldError::new("(event)", "expected a JSON object"));
+        };
+        let id = match obj.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(
+                Uuid::parse_str(&s).map_err(|e| FieldError::new("id", format!("not a UUID: {e}")))?,
+            ),
+            Some(_) => return Err(FieldError::new("id", "expected a UUID string")),
+        };
+        let source = take_string(&mut obj, "source", MAX_SOURCE_LEN)?
+            .ok_or_else(|| FieldError::new("source", "missing"))?;
+        let kind = take_string(&mut obj, "kind", MAX_KIND_LEN)?
+            .unwrap_or_else(|| DEFAULT_KIND.to_owned());
+        let time = take_string(&mut obj, "time", MAX_TIME_LEN)?;
+        let data = obj
+            .remove("data")
+            .ok_or_else(|| FieldError::new("data", "missing"))?;
+        if let Some(field) = obj.keys().next() {
+            let reason = if field == "seq" {
+                "assigned by the relay; do not send it".to_owned()
+            } else {
+                format!("unknown field `{field}`")
+            };
+            return Err(FieldError {
+                field: if field == "seq" { "seq" } else { "(event)" },
+                reason,
+            });
+        }
+        let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(0);
+        if size > max_event_bytes {
+            return Err(FieldError::new(
+                "data",
+                format!("{size} bytes encoded, limit is {max_event_bytes}"),
+            ));
+        }
+        Ok(Self {
+            id,
+            source,
+            kind,
+            time,
+            data,
+        })
+    }
+
+    /// Turns a validated submission into a committed event at `seq`.
+    pub fn commit(self, seq: u64, id: Uuid, now: &str) -> Event {
+        Event {
+            id,
+            seq,
+            source: self.source,
+            kind: self.kind,
+            time: self.time.unwrap_or_else(|| now.to_owned()),
+            data: self.data,
+        }
+    }
+}
+
+fn take_string(
+    obj: &mut serde_json::Map<String, Value>,
+    field: &'static str,
+    max_len: usize,
+) -> Result<Option<String>, FieldError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(FieldError::new(field, "empty string")),
+        Some(Value::String(s)) if s.len() > max_len => Err(FieldError::new(
+            field,
+            format!("{} bytes, limit is {max_len}", s.len()),
+        )),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(FieldError::new(field, "expected a string")),
+    }
+}
+
+/// Current UTC time as RFC 3339 with millisecond precision, e.g. `2026-11-21T05:00:00.015Z`.
+pub fn now_rfc3339() -> String {
+    rfc3339_from_unix_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    )
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 UTC (proleptic Gregorian).
+pub fn rfc3339_from_unix_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days, H. Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accepts_minimal_and_full_events() {
+        let e = NewEvent::from_json(json!({"source":"ankle","data":{"x":1}}), 1024).unwrap();
+        assert_eq!(e.kind, DEFAULT_KIND);
+        assert!(e.id.is_none());
+        let id = "01936f0e-5b7c-7d2a-9c1e-2f0a3b4c5d6e";
+        let e = NewEvent::from_json(
+            json!({"id":id,"source":"a","kind":"tool","time":"2026-01-01T00:00:00Z","data":1}),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(e.id.unwrap().to_string(), id);
+    }
+
+    #[test]
+    fn names_the_offending_field() {
+        let cases = [
+            (json!([1]), "(event)"),
+            (json!({"data":1}), "source"),
+            (json!({"source":1,"data":1}), "source"),
+            (json!({"source":"a"}), "data"),
+            (json!({"source":"a","data":1,"id":"nope"}), "id"),
+            (json!({"source":"a","data":1,"kind":""}), "kind"),
+            (json!({"source":"a","data":1,"seq":3}), "seq"),
+            (json!({"source":"a","data":1,"extra":3}), "(event)"),
+            (json!({"source":"a","data":"x".repeat(100)}), "data"),
+        ];
+        for (value, field) in cases {
+            let err = NewEvent::from_json(value.clone(), 64).unwrap_err();
+            assert_eq!(err.field, field, "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339_from_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_from_unix_ms(1_795_237_200_015),
+            "2026-11-21T05:00:00.015Z"
+        );
+        assert_eq!(rfc3339_from_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

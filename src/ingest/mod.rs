@@ -1,0 +1,4 @@
+//! Local producers: HTTP ingest and its body parsing.
+
+pub mod body;
+pub mod http;

@@ -1,0 +1,170 @@
+//! edge-relay: a durable, resumable relay of gateway events to an upstream MCP server.
+//!
+//! Producers post events to the local ingest; the [`outbox`] commits them to sled (fsync) before
+//! answering; the [`relay`] loop delivers them in seq order as `edge_ingest` tool calls over an
+//! MCP session ([`uplink`]) and advances only on the upstream's `acked_seq`.
+//!
+//! Layout:
+//! - [`config`]: TOML config, defaults, `validate()`, `Secret`.
+//! - [`event`]: the event model and its validation.
+//! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results.
+//! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
+//! - [`ingest`]: local producers (HTTP).
+//! - [`relay`]: the delivery loop, reconnect and backoff.
+//! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
+//! - [`sink`]: the reference upstream (rmcp server + its sled store).
+//! - [`status`]: status board, `/v1/status` and `/metrics`.
+//! - [`http_serve`]: the shared HTTP/1.1 accept loop.
+//! - [`demo`]: the end-to-end demo on the Daphnet recording.
+//! - [`logging`]: journald or stderr.
+
+pub mod config;
+pub mod contract;
+pub mod demo;
+pub mod event;
+pub mod http_serve;
+pub mod ingest;
+pub mod logging;
+pub mod outbox;
+pub mod relay;
+pub mod sink;
+pub mod status;
+pub mod uplink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use config::{Config, Secret, Transport};
+use outbox::{Outbox, OutboxConfig};
+use relay::{Connector, Relay};
+use status::StatusBoard;
+use uplink::SessionConfig;
+
+/// A started daemon: its bound ingest address and handles for tests and the demo.
+pub struct Daemon {
+    /// Address the HTTP ingest listens on (useful with port 0).
+    pub ingest_addr: SocketAddr,
+    /// The outbox handle.
+    pub outbox: Outbox,
+    /// The relay's status board.
+    pub status: Arc<StatusBoard>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Opens the store, binds the ingest listener and starts the writer, ingest and relay tasks.
+///
+/// `connector` overrides the uplink built from `config.upstream` (tests, simulations).
+///
+/// # Errors
+/// The data dir cannot be created or opened, the listener cannot bind, the token file cannot
+/// be read, or the upstream config is unusable.
+pub async fn start(config: Config, connector: Option<Box<dyn Connector>>) -> anyhow::Result<Daemon> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let (outbox, writer) = Outbox::open(&config.data_dir, OutboxConfig::from(&config.buffer))
+        .with_context(|| format!("opening the outbox in {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
+        .await
+        .with_context(|| format!("binding ingest.http.listen {}", config.ingest.http.listen))?;
+    let ingest_addr = listener.local_addr()?;
+    let connector = match connector {
+        Some(c) => c,
+        None => build_connector(&config)?,
+    };
+    let status = Arc::new(StatusBoard::default());
+    let stats = outbox.stats();
+    log::info!(gateway = config.gateway_id.as_str(), stream:% = stats.stream, next_seq = stats.next_seq,
+        acked_seq = stats.acked_seq, backlog = stats.backlog_events;
+        "outbox open in {}; ingest listening on http://{ingest_addr}", config.data_dir.display());
+
+    let shutdown = CancellationToken::new();
+    let ingest = ingest::http::IngestHttp::new(
+        outbox.clone(),
+        status.clone(),
+        &config.gateway_id,
+        &config.ingest.http,
+    );
+    let session = SessionConfig {
+        ingest_tool: config.upstream.ingest_tool.clone(),
+        cursor_tool: config.upstream.cursor_tool.clone(),
+        request_timeout: config.relay.request_timeout(),
+    };
+    let relay = Relay::new(
+        outbox.clone(),
+        status.clone(),
+        &config.gateway_id,
+        config.relay.clone(),
+        session,
+        connector,
+    );
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        // The writer outlives ingest and relay so that what they queued is committed.
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::spawn(writer.run(writer_stop.clone()));
+        let ingest = tokio::spawn(ingest.run(listener, stop.clone()));
+        let relay = tokio::spawn(relay.run(stop.clone()));
+        stop.cancelled().await;
+        let _ = ingest.await;
+        let _ = relay.await;
+        writer_stop.cancel();
+        let _ = writer.await;
+    });
+    Ok(Daemon {
+        ingest_addr,
+        outbox,
+        status,
+        shutdown,
+        task,
+    })
+}
+
+fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
+    let token = config
+        .upstream
+        .token_file
+        .as_deref()
+        .map(Secret::from_file)
+        .transpose()?;
+    match config.upstream.transport {
+        Transport::Http => { let _ = token; anyhow::bail!("stub") },
+        Transport::Mqtt => anyhow::bail!("upstream.transport \"mqtt\" is not implemented yet"),
+    }
+}
+
+impl Daemon {
+    /// Graceful stop: ingest stops accepting and drains, the in-flight batch finishes, the
+    /// session closes, queued appends are committed; returns when all of it is done.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the daemon has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).
+///
+/// # Errors
+/// As [`start`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let daemon = start(config, None).await?;
+    shutdown.cancelled().await;
+    log::info!("shutting down");
+    daemon.stop().await;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The sled outbox (DESIGN §4): durable append with group commit, batches after a cursor, acks, bounds.
+//!
+//! Layout: one sled tree, keys prefixed by kind, because a sled `Batch` is atomic only within one
+//! tree and every commit must move events, ids and counters together:
+//! - `e` + seq (u64 BE) → event as JSON;
+//! - `i` + id (16 bytes) → seq (u64 BE), producer idempotency;
+//! - `m` + name → meta value (`stream` UUID, u64 BE counters).
+//!
+//! Writes go through the single [`writer::Writer`] task; reads (`batch_after`, `stats`) go to sled
+//! directly but never past the durable seq, so nothing un-fsynced ever leaves the gateway.
+
+mod writer;
+
+use std::path::Path;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::config::Overflow;
+use crate::event::{Event, NewEvent};
+
+pub use writer::Writer;
+
+/// Bound of the writer's command queue; producers wait (backpressure) when it is full.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// Outbox settings, from `[buffer]`.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Cap on buffered event bytes (keys + encoded values).
+    pub max_bytes: u64,
+    /// What happens when `max_bytes` would be exceeded.
+    pub overflow: Overflow,
+    /// sled page-cache cap, bytes.
+    pub cache_bytes: u64,
+    /// Delivered events whose ids are still remembered for idempotency.
+    pub id_retention: u64,
+}
+
+impl From<&crate::config::BufferConfig> for OutboxConfig {
+    fn from(b: &crate::config::BufferConfig) -> Self {
+        Self {
+            max_bytes: b.max_bytes,
+            overflow: b.overflow,
+            cache_bytes: b.cache_bytes,
+            id_retention: b.id_retention,
+        }
+    }
+}
+
+/// Outbox failures. `Full` maps to HTTP 507, `Closed` and `Storage` to 503.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// `overflow = "reject"` and the events do not fit, or one request alone exceeds `max_bytes`.
+    #[error("buffer full: {needed} more bytes do not fit ({used} of {max} bytes used)")]
+    Full {
+        /// Bytes the request needed.
+        needed: u64,
+        /// Bytes buffered now.
+        used: u64,
+        /// `buffer.max_bytes`.
+        max: u64,
+    },
+    /// The daemon is shutting down; nothing of the request was stored.
+    #[error("outbox is shutting down")]
+    Closed,
+    /// sled or the disk failed (e.g. no space left); the request may be partly stored but was not
+    /// acknowledged. Producers retrying with the same `id` get the original `seq`.
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// The store holds bytes this version cannot read.
+    #[error("corrupt outbox record at seq {seq}: {reason}")]
+    Corrupt {
+        /// Seq of the record.
+        seq: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Answer to a committed append: seqs and ids in request order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// `(seq, id)` per submitted event; a repeated `id` yields its original seq.
+    pub assigned: Vec<(u64, Uuid)>,
+}
+
+/// Counters of the outbox as of the last fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// This store's stream UUID.
+    pub stream: Uuid,
+    /// Next seq to assign; everything below it is durable.
+    pub next_seq: u64,
+    /// Highest seq the upstream acknowledged (0: none).
+    pub acked_seq: u64,
+    /// Events stored and not yet acknowledged or dropped.
+    pub backlog_events: u64,
+    /// Their bytes (keys + encoded values).
+    pub backlog_bytes: u64,
+    /// Events deleted by `drop_oldest` since the store was created.
+    pub dropped_events: u64,
+}
+
+pub(crate) enum Command {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Appended, OutboxError>>,
+    },
+    Ack {
+        upto: u64,
+        reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
+}
+
+/// Cheap, cloneable handle to the outbox: appends and acks go to the writer, reads go to sled.
+#[derive(Clone)]
+pub struct Outbox {
+    tree: sled::Tree,
+    commands: mpsc::Sender<Command>,
+    stats: watch::Receiver<OutboxStats>,
+}
+
+pub(crate) const EVENT: u8 = b'e';
+pub(crate) const ID: u8 = b'i';
+pub(crate) const META: u8 = b'm';
+
+pub(crate) fn event_key(seq: u64) -> [u8; 9] {
+    let mut k = [EVENT; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
+    let mut k = [ID; 17];
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+impl Outbox {
+    /// Opens (or creates, with a new stream UUID) the outbox in `dir`.
+    ///
+    /// Returns the handle and the writer task, which the caller runs with
+    /// `writer.run(shutdown)`; until it runs, appends and acks wait.
+    ///
+    /// # Errors
+    /// sled cannot open the directory (permissions, lock held by another process, corruption).
+    pub fn open(dir: &Path, config: OutboxConfig) -> Result<(Outbox, Writer), OutboxError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let tree = db.open_tree("outbox")?;
+        let stats = writer::load_or_init(&tree)?;
+        let (stats_tx, stats_rx) = watch::channel(stats);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let w = Writer::new(db, tree.clone(), config, stats, rx, stats_tx);
+        Ok((
+            Outbox {
+                tree,
+                commands: tx,
+                stats: stats_rx,
+            },
+            w,
+        ))
+    }
+
+    /// Commits events durably (fsync) and returns their seqs; all or nothing per call.
+    ///
+    /// # Errors
+    /// [`OutboxError::Full`] (policy `reject`, or the call alone exceeds `max_bytes`),
+    /// [`OutboxError::Closed`] during shutdown, [`OutboxError::Storage`] on I/O failure.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Appended, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Append { events, reply })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Records that the upstream stored everything up to `upto`; deletes those events.
+    /// A lower or equal `upto` than the current cursor is a no-op.
+    ///
+    /// # Errors
+    /// [`OutboxError::Closed`] or [`OutboxError::Storage`].
+    pub async fn ack(&self, upto: u64) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Ack { upto, reply })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Counters as of the last fsync.
+    pub fn stats(&self) -> OutboxStats {
+        *self.stats.borrow()
+    }
+
+    /// A receiver that changes after every commit (to wait for new events without polling).
+    pub fn watch(&self) -> watch::Receiver<OutboxStats> {
+        self.stats.clone()
+    }
+
+    /// Up to `max_events` durable events with `seq > after`, in seq order, stopping before
+    /// `max_bytes` of encoded JSON would be exceeded (the first event always goes).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`], or [`OutboxError::Corrupt`] for an undecodable record.
+    pub fn batch_after(
+        &self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, OutboxError> {
+        let durable_end = self.stats().next_seq;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if after.saturating_add(1) >= durable_end {
+            return Ok(out);
+        }
+        for item in self
+            .tree
+            .range(event_key(after + 1)..event_key(durable_end))
+        {
+            let (key, value) = item?;
+            let seq = decode_u64(&key[1..]).unwrap_or(0);
+            if !out.is_empty() && (out.len() >= max_events || bytes + value.len() > max_bytes) {
+                break;
+            }
+            bytes += value.len();
+            let event: Event = serde_json::from_slice(&value).map_err(|e| OutboxError::Corrupt {
+                seq,
+                reason: e.to_string(),
+            })?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

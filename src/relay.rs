@@ -1,0 +1,213 @@
+//! The relay loop (DESIGN §2): connect → `edge_cursor` → batches in seq order → advance on `acked_seq`.
+//!
+//! One reconnect loop owns every failure: any error drops the session, waits out a capped,
+//! jittered backoff and starts over with a new session and a fresh `edge_cursor`. That is also
+//! how a lost answer is handled: the upstream's cursor says what it stored, and the relay
+//! resends from the event after it (same seqs, new JSON-RPC id).
+
+pub mod backoff;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::contract::{CursorArgs, Gap, IngestArgs};
+use crate::outbox::{Outbox, OutboxError};
+use crate::status::{StatusBoard, UpstreamState};
+use crate::uplink::{Session, SessionConfig, UplinkError};
+use backoff::Backoff;
+
+/// Opens sessions to the upstream; the seam between the relay loop and a transport.
+pub trait Connector: Send + Sync + 'static {
+    /// Connects and runs `initialize`.
+    fn connect(
+        &self,
+        config: SessionConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>>;
+    /// Where it connects to, for logs (no secrets).
+    fn describe(&self) -> String;
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The upstream exchange failed.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    /// The local outbox failed.
+    #[error("outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    /// The upstream's answers break the contract (cursor ahead of the outbox, no progress...).
+    #[error("contract violation: {0}")]
+    Contract(String),
+}
+
+/// The relay task. Run it with [`Relay::run`].
+pub struct Relay {
+    outbox: Outbox,
+    status: Arc<StatusBoard>,
+    gateway: String,
+    config: RelayConfig,
+    session: SessionConfig,
+    connector: Box<dyn Connector>,
+}
+
+impl Relay {
+    /// Builds the relay for `gateway` over `outbox`, opening sessions with `connector`.
+    pub fn new(
+        outbox: Outbox,
+        status: Arc<StatusBoard>,
+        gateway: &str,
+        config: RelayConfig,
+        session: SessionConfig,
+        connector: Box<dyn Connector>,
+    ) -> Self {
+        Self {
+            outbox,
+            status,
+            gateway: gateway.to_owned(),
+            config,
+            session,
+            connector,
+        }
+    }
+
+    /// Delivers until `shutdown`. On shutdown an in-flight batch finishes (bounded by the
+    /// request timeout), the session is closed, and the function returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.config.backoff_initial_ms),
+            Duration::from_millis(self.config.backoff_max_ms),
+        );
+        let upstream = self.connector.describe();
+        while !shutdown.is_cancelled() {
+            self.status.set_upstream(UpstreamState::Connecting, None);
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.connector.connect(self.session.clone()) => r,
+            };
+            let started = Instant::now();
+            let outcome = match connected {
+                Ok(session) => {
+                    self.status.reconnected();
+                    log::info!(upstream = upstream.as_str(), server = session.server_name().as_str();
+                        "upstream session opened");
+                    let r = self.deliver(&session, &shutdown).await;
+                    session.close().await;
+                    r
+                }
+                Err(e) => Err(e.into()),
+            };
+            let err = match outcome {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            backoff.connection_lasted(started.elapsed());
+            let delay = if matches!(err, RelayError::Uplink(UplinkError::SessionExpired(_))) {
+                Duration::ZERO
+            } else {
+                backoff.next_delay(rand::random::<f64>())
+            };
+            self.status
+                .set_upstream(UpstreamState::Down, Some(format!("{err:#}")));
+            log::warn!(upstream = upstream.as_str(), error:% = err;
+                "{err:#}; retry in {delay:?}");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.status.set_upstream(UpstreamState::Down, None);
+        log::info!("relay stopped");
+    }
+
+    /// One session's life: cursor, then batches until an error or shutdown (`Ok`).
+    async fn deliver(&self, session: &Session, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let stream = self.outbox.stats().stream;
+        let gateway = self.gateway.as_str();
+        let ack = session
+            .cursor(&CursorArgs {
+                gateway: self.gateway.clone(),
+                stream,
+            })
+            .await?;
+        let mut cursor = ack.cursor();
+        let stats = self.outbox.stats();
+        if cursor >= stats.next_seq {
+            return Err(RelayError::Contract(format!(
+                "upstream cursor {cursor} is ahead of this outbox (next seq {}); refusing to deliver",
+                stats.next_seq
+            )));
+        }
+        if cursor < stats.acked_seq {
+            log::warn!(gateway = gateway, stream:% = stream, acked_seq = cursor;
+                "upstream cursor {cursor} is behind the local one ({}); events in between were acknowledged earlier and will be reported as a gap",
+                stats.acked_seq);
+        }
+        self.outbox.ack(cursor).await?;
+        self.status.set_upstream(UpstreamState::Connected, None);
+        log::info!(gateway = gateway, stream:% = stream, acked_seq = cursor; "resuming after the upstream's cursor");
+        let mut changes = self.outbox.watch();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            changes.borrow_and_update();
+            let events = self.outbox.batch_after(
+                cursor,
+                self.config.batch_max_events,
+                self.config.batch_max_bytes,
+            )?;
+            let last_durable = self.outbox.stats().next_seq - 1;
+            let gap_end = match events.first() {
+                Some(first) => first.seq - 1,
+                None => last_durable,
+            };
+            let gap = (gap_end > cursor).then_some(Gap {
+                dropped_from: cursor + 1,
+                dropped_to: gap_end,
+            });
+            if events.is_empty() && gap.is_none() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    r = changes.changed() => if r.is_err() { return Ok(()) },
+                }
+                continue;
+            }
+            let sent_to = events.last().map_or(gap_end, |e| e.seq);
+            let count = events.len() as u64;
+            if let Some(g) = gap {
+                log::warn!(gateway = gateway, stream:% = stream, dropped_from = g.dropped_from, dropped_to = g.dropped_to;
+                    "reporting a gap of {} events to the upstream", g.dropped_to - g.dropped_from + 1);
+            }
+            let ack = session
+                .ingest(&IngestArgs {
+                    gateway: self.gateway.clone(),
+                    stream,
+                    events,
+                    gap,
+                })
+                .await?;
+            let acked = ack.cursor();
+            if acked > sent_to {
+                return Err(RelayError::Contract(format!(
+                    "upstream acked seq {acked} but only up to {sent_to} was sent"
+                )));
+            }
+            if acked <= cursor {
+                return Err(RelayError::Contract(format!(
+                    "upstream stored nothing of seqs {}..={sent_to} (acked_seq {acked})",
+                    cursor + 1
+                )));
+            }
+            self.outbox.ack(acked).await?;
+            self.status.delivered(count.min(acked - cursor));
+            log::debug!(gateway = gateway, stream:% = stream, acked_seq = acked; "batch acknowledged");
+            cursor = acked;
+        }
+    }
+}

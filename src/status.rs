@@ -1,0 +1,133 @@
+//! Shared daemon status: upstream state and relay counters, reported by `/v1/status` and `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::outbox::OutboxStats;
+
+/// Connection state of the uplink, as `GET /v1/status` names it (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamState {
+    /// A session is open and the cursor is known.
+    Connected,
+    /// (Re)connecting: initialize and `edge_cursor` in progress.
+    #[default]
+    Connecting,
+    /// The last attempt failed; waiting out the backoff.
+    Down,
+}
+
+/// Written by the relay loop, read by the status endpoints. Cheap to share in an `Arc`.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    upstream: Mutex<(UpstreamState, Option<String>)>,
+    events_delivered: AtomicU64,
+    batches_delivered: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// `GET /v1/status` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// Gateway id.
+    pub gateway: String,
+    /// Stream UUID of the outbox.
+    pub stream: Uuid,
+    /// Events waiting for an upstream ack.
+    pub backlog_events: u64,
+    /// Their bytes in the outbox budget.
+    pub backlog_bytes: u64,
+    /// Next seq to be assigned.
+    pub next_seq: u64,
+    /// Highest seq the upstream acknowledged (0: none).
+    pub acked_seq: u64,
+    /// Events dropped by `drop_oldest` since the store was created.
+    pub dropped_events: u64,
+    /// Uplink state.
+    pub upstream: UpstreamState,
+    /// Last uplink error, cleared on a healthy ack.
+    pub last_error: Option<String>,
+    /// Events acknowledged by the upstream since start.
+    pub events_delivered: u64,
+    /// `edge_ingest` calls acknowledged since start.
+    pub batches_delivered: u64,
+    /// Sessions opened since start.
+    pub reconnects: u64,
+}
+
+impl StatusBoard {
+    /// Sets the uplink state; `error` replaces the last error when given.
+    pub fn set_upstream(&self, state: UpstreamState, error: Option<String>) {
+        let mut guard = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0 = state;
+        if error.is_some() || state == UpstreamState::Connected {
+            guard.1 = error;
+        }
+    }
+
+    /// Counts one acknowledged batch of `events` events.
+    pub fn delivered(&self, events: u64) {
+        self.events_delivered.fetch_add(events, Ordering::Relaxed);
+        self.batches_delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one new session.
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current uplink state.
+    pub fn upstream(&self) -> UpstreamState {
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Snapshot combined with the outbox counters.
+    pub fn report(&self, gateway: &str, outbox: &OutboxStats) -> StatusReport {
+        let (upstream, last_error) = self
+            .upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        StatusReport {
+            gateway: gateway.to_owned(),
+            stream: outbox.stream,
+            backlog_events: outbox.backlog_events,
+            backlog_bytes: outbox.backlog_bytes,
+            next_seq: outbox.next_seq,
+            acked_seq: outbox.acked_seq,
+            dropped_events: outbox.dropped_events,
+            upstream,
+            last_error,
+            events_delivered: self.events_delivered.load(Ordering::Relaxed),
+            batches_delivered: self.batches_delivered.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl StatusReport {
+    /// Prometheus text exposition format 0.0.4 (`GET /metrics`).
+    pub fn to_prometheus(&self) -> String {
+        let up = |s| u8::from(self.upstream == s);
+        let rows: [(&str, &str, &str, u64); 9] = [
+            ("edge_relay_backlog_events", "gauge", "Events waiting for an upstream ack.", self.backlog_events),
+            ("edge_relay_backlog_bytes", "gauge", "Bytes of buffered events.", self.backlog_bytes),
+            ("edge_relay_next_seq", "gauge", "Next seq to assign.", self.next_seq),
+            ("edge_relay_acked_seq", "gauge", "Highest seq acknowledged upstream.", self.acked_seq),
+            ("edge_relay_dropped_events_total", "counter", "Events dropped by drop_oldest.", self.dropped_events),
+            ("edge_relay_delivered_events_total", "counter", "Events acknowledged upstream since start.", self.events_delivered),
+            ("edge_relay_delivered_batches_total", "counter", "Batches acknowledged upstream since start.", self.batches_delivered),
+            ("edge_relay_sessions_total", "counter", "Upstream sessions opened since start.", self.reconnects),
+            ("edge_relay_upstream_connected", "gauge", "1 when the uplink is connected.", u64::from(up(UpstreamState::Connected))),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        out
+    }
+}

@@ -1,0 +1,64 @@
+//! The Streamable HTTP uplink: rmcp's client transport over our hyper client, as a [`Connector`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+use super::http_client::{HttpTimeouts, HyperHttpClient};
+use super::{Session, SessionConfig, UplinkError};
+use crate::config::Secret;
+use crate::relay::Connector;
+
+/// TCP (and TLS) connect timeout of the HTTP uplink.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens MCP sessions over Streamable HTTP (MCP 2025-06-18, Basic/Transports, Streamable HTTP).
+pub struct HttpConnector {
+    url: String,
+    token: Option<Secret>,
+    client: HyperHttpClient,
+}
+
+impl HttpConnector {
+    /// A connector for the MCP endpoint `url` (`http://` or `https://`, TLS by rustls with the
+    /// webpki roots), sending `Authorization: Bearer <token>` when a token is given.
+    /// `request_timeout` bounds the wait for each response's headers.
+    ///
+    /// # Errors
+    /// The TLS client could not be built.
+    pub fn new(url: &str, token: Option<Secret>, request_timeout: Duration) -> anyhow::Result<Self> {
+        let client = HyperHttpClient::new(HttpTimeouts {
+            connect: CONNECT_TIMEOUT,
+            response_headers: request_timeout,
+        })?;
+        Ok(Self {
+            url: url.to_owned(),
+            token,
+            client,
+        })
+    }
+}
+
+impl Connector for HttpConnector {
+    fn connect(
+        &self,
+        config: SessionConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
+        Box::pin(async move {
+            let mut transport_config = StreamableHttpClientTransportConfig::with_uri(self.url.as_str());
+            // The relay loop owns session recovery: a new session always starts with edge_cursor.
+            transport_config.reinit_on_expired_session = false;
+            transport_config.auth_header = self.token.as_ref().map(|t| t.expose().to_owned());
+            let transport =
+                StreamableHttpClientTransport::with_client(self.client.clone(), transport_config);
+            Session::start(transport, config).await
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+}

@@ -1,0 +1,214 @@
+//! The MCP client session to the upstream (DESIGN §2–3): rmcp's client over a chosen transport.
+
+pub mod http_client;
+#[cfg(any())]
+pub mod http;
+
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion,
+};
+use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::ServiceExt;
+use serde::Serialize;
+
+use crate::contract::{Ack, CLIENT_NAME, CursorArgs, IngestArgs};
+
+/// How long a graceful session close (`DELETE` of the session) may take.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why an upstream exchange failed. Every variant means "do not advance the cursor".
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// No answer within the named timeout; the request may or may not have been processed.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited (`initialize`, `edge_ingest answer`, ...).
+        what: String,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The server forgot our session (HTTP 404, MCP 2025-06-18 Streamable HTTP §Session
+    /// Management); a new session is needed.
+    #[error("session expired (HTTP 404): {0}")]
+    SessionExpired(String),
+    /// Connecting or the `initialize` handshake failed.
+    #[error("connect/initialize failed: {0}")]
+    Connect(String),
+    /// The transport failed mid-request (connection reset, closed, broken SSE stream).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The upstream answered with a JSON-RPC error or a tool result with `isError: true`.
+    #[error("upstream refused {tool}: {message}")]
+    Refused {
+        /// Tool called.
+        tool: String,
+        /// The upstream's message.
+        message: String,
+    },
+    /// The answer did not match the contract (no or wrong `structuredContent`).
+    #[error("malformed answer from {tool}: {reason}")]
+    Malformed {
+        /// Tool called.
+        tool: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Tool names and the per-request timeout of one session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Name of the ingest tool (`upstream.ingest_tool`).
+    pub ingest_tool: String,
+    /// Name of the cursor tool (`upstream.cursor_tool`).
+    pub cursor_tool: String,
+    /// Timeout of `initialize` and of each tool call.
+    pub request_timeout: Duration,
+}
+
+/// One initialized MCP client session. Dropping it abandons the session; prefer [`Session::close`].
+pub struct Session {
+    client: RunningService<RoleClient, ClientConfig>,
+    config: SessionConfig,
+}
+
+/// `initialize` parameters of the relay: `clientInfo.name = "edge-relay"` (DESIGN §2).
+pub fn client_info() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new(CLIENT_NAME, env!("CARGO_PKG_VERSION")),
+    )
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+}
+
+impl Session {
+    /// Runs the `initialize` handshake over `transport` within the request timeout.
+    ///
+    /// # Errors
+    /// [`UplinkError::Timeout`] or [`UplinkError::Connect`].
+    pub async fn start<T, E, A>(transport: T, config: SessionConfig) -> Result<Self, UplinkError>
+    where
+        T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let timeout = config.request_timeout;
+        let client = tokio::time::timeout(timeout, client_info().serve(transport))
+            .await
+            .map_err(|_| UplinkError::Timeout {
+                what: "the initialize handshake".into(),
+                after: timeout,
+            })?
+            .map_err(|e| classify(&e.to_string(), |m| UplinkError::Connect(m)))?;
+        Ok(Self { client, config })
+    }
+
+    /// Server name and version from the `initialize` result, for logs.
+    pub fn server_name(&self) -> String {
+        self.client
+            .peer_info()
+            .and_then(|info| {
+                let imp = info.server_info.as_ref()?;
+                Some(format!("{} {}", imp.name, imp.version))
+            })
+            .unwrap_or_else(|| "unknown server".into())
+    }
+
+    /// `edge_cursor`: the upstream's contiguous high-water mark for this stream.
+    ///
+    /// # Errors
+    /// Any [`UplinkError`].
+    pub async fn cursor(&self, args: &CursorArgs) -> Result<Ack, UplinkError> {
+        self.call(&self.config.cursor_tool, args).await
+    }
+
+    /// `edge_ingest`: delivers a batch; the answer's `acked_seq` is the only thing that may
+    /// advance the cursor (DESIGN §2).
+    ///
+    /// # Errors
+    /// Any [`UplinkError`]; after an error the batch may or may not be stored upstream.
+    pub async fn ingest(&self, args: &IngestArgs) -> Result<Ack, UplinkError> {
+        self.call(&self.config.ingest_tool, args).await
+    }
+
+    async fn call(&self, tool: &str, args: &impl Serialize) -> Result<Ack, UplinkError> {
+        let arguments = match serde_json::to_value(args) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("contract arguments serialize to JSON objects"),
+        };
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let timeout = self.config.request_timeout;
+        let result = tokio::time::timeout(timeout, self.client.peer().call_tool(params))
+            .await
+            .map_err(|_| UplinkError::Timeout {
+                what: format!("the answer to {tool}"),
+                after: timeout,
+            })?
+            .map_err(|e| service_error(tool, e))?;
+        parse_ack(tool, result)
+    }
+
+    /// Ends the session politely (HTTP: `DELETE` with the session id), within [`CLOSE_TIMEOUT`].
+    pub async fn close(mut self) {
+        if let Err(e) = self.client.close_with_timeout(CLOSE_TIMEOUT).await {
+            log::debug!(error:% = e; "closing the upstream session");
+        }
+    }
+}
+
+/// Reads `{acked_seq, acked_id}` from a tool result.
+///
+/// # Errors
+/// [`UplinkError::Refused`] for `isError: true`; [`UplinkError::Malformed`] otherwise.
+pub fn parse_ack(tool: &str, result: CallToolResult) -> Result<Ack, UplinkError> {
+    let text = || {
+        result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if result.is_error == Some(true) {
+        return Err(UplinkError::Refused {
+            tool: tool.into(),
+            message: text(),
+        });
+    }
+    let value = result
+        .structured_content
+        .clone()
+        .ok_or_else(|| UplinkError::Malformed {
+            tool: tool.into(),
+            reason: format!("no structuredContent (text: {})", text()),
+        })?;
+    serde_json::from_value(value.clone()).map_err(|e| UplinkError::Malformed {
+        tool: tool.into(),
+        reason: format!("{e} in {value}"),
+    })
+}
+
+fn service_error(tool: &str, e: ServiceError) -> UplinkError {
+    match e {
+        ServiceError::McpError(err) => UplinkError::Refused {
+            tool: tool.into(),
+            message: format!("JSON-RPC error {}: {}", err.code.0, err.message),
+        },
+        ServiceError::Timeout { timeout } => UplinkError::Timeout {
+            what: format!("the answer to {tool}"),
+            after: timeout,
+        },
+        other => classify(&other.to_string(), UplinkError::Transport),
+    }
+}
+
+/// rmcp reports transport failures as text; a 404 on our session must become `SessionExpired`.
+fn classify(message: &str, otherwise: impl FnOnce(String) -> UplinkError) -> UplinkError {
+    if message.to_ascii_lowercase().contains("session expired") {
+        UplinkError::SessionExpired(message.to_owned())
+    } else {
+        otherwise(message.to_owned())
+    }
+}
