@@ -85,14 +85,15 @@ impl NewEvent {
         let id = match obj.remove("id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(
-                Uuid::parse_str(&s).map_err(|e| FieldError::new("id", format!("not a UUID: {e}")))?,
+                Uuid::parse_str(&s)
+                    .map_err(|e| FieldError::new("id", format!("not a UUID: {e}")))?,
             ),
             Some(_) => return Err(FieldError::new("id", "expected a UUID string")),
         };
         let source = take_string(&mut obj, "source", MAX_SOURCE_LEN)?
             .ok_or_else(|| FieldError::new("source", "missing"))?;
-        let kind = take_string(&mut obj, "kind", MAX_KIND_LEN)?
-            .unwrap_or_else(|| DEFAULT_KIND.to_owned());
+        let kind =
+            take_string(&mut obj, "kind", MAX_KIND_LEN)?.unwrap_or_else(|| DEFAULT_KIND.to_owned());
         let time = take_string(&mut obj, "time", MAX_TIME_LEN)?;
         let data = obj
             .remove("data")
@@ -233,6 +234,9 @@ mod tests {
             rfc3339_from_unix_ms(1_795_237_200_015),
             "2026-11-21T05:00:00.015Z"
         );
-        assert_eq!(rfc3339_from_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_from_unix_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

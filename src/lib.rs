@@ -5,6 +5,7 @@
 //! MCP session ([`uplink`]) and advances only on the upstream's `acked_seq`.
 //!
 //! Layout:
+//! - [`audit`]: exactly-once audit of accepted events against the upstream's store.
 //! - [`config`]: TOML config, defaults, `validate()`, `Secret`.
 //! - [`event`]: the event model and its validation.
 //! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results.
@@ -15,18 +16,23 @@
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop.
+//! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`local_client`]: the CLI's HTTP client to a running daemon.
 //! - [`demo`]: the end-to-end demo on the Daphnet recording.
 //! - [`logging`]: journald or stderr.
 
+pub mod audit;
 pub mod config;
 pub mod contract;
 pub mod demo;
 pub mod event;
 pub mod http_serve;
 pub mod ingest;
+pub mod local_client;
 pub mod logging;
 pub mod outbox;
 pub mod relay;
+pub mod shutdown;
 pub mod sink;
 pub mod status;
 pub mod uplink;
@@ -63,7 +69,10 @@ pub struct Daemon {
 /// # Errors
 /// The data dir cannot be created or opened, the listener cannot bind, the token file cannot
 /// be read, or the upstream config is unusable.
-pub async fn start(config: Config, connector: Option<Box<dyn Connector>>) -> anyhow::Result<Daemon> {
+pub async fn start(
+    config: Config,
+    connector: Option<Box<dyn Connector>>,
+) -> anyhow::Result<Daemon> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -133,7 +142,11 @@ fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
         .map(Secret::from_file)
         .transpose()?;
     match config.upstream.transport {
-        Transport::Http => { let _ = token; anyhow::bail!("stub") },
+        Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
+            &config.upstream.url,
+            token,
+            config.relay.request_timeout(),
+        )?)),
         Transport::Mqtt => anyhow::bail!("upstream.transport \"mqtt\" is not implemented yet"),
     }
 }

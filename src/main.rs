@@ -1,1 +1,180 @@
-fn main() {}
+//! `edge-relay` command line: parses flags, sets up logging and calls into the library.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hyper::Method;
+
+use edge_relay::config::Config;
+use edge_relay::status::StatusReport;
+use edge_relay::{demo, local_client, logging, shutdown, sink};
+
+/// Durable, resumable relay of gateway events to an upstream MCP server.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: local ingest, sled outbox, relay to the upstream.
+    Run {
+        /// TOML config file; without it every key has its default.
+        #[arg(long, short, env = "EDGE_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// TOML config file.
+        file: PathBuf,
+    },
+    /// Ask a running daemon for its status.
+    Status {
+        /// Print the raw JSON of GET /v1/status.
+        #[arg(long)]
+        json: bool,
+        /// Daemon's ingest address.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        addr: SocketAddr,
+    },
+    /// Post events to a running daemon: one from flags, or a body (JSON, array or NDJSON) from stdin.
+    Send {
+        /// Event source (sensor id, tool name); required unless --stdin.
+        #[arg(long, required_unless_present = "stdin")]
+        source: Option<String>,
+        /// Event kind.
+        #[arg(long, default_value = "sensor")]
+        kind: String,
+        /// Event data as JSON.
+        #[arg(long, default_value = "null")]
+        data: String,
+        /// Idempotency key (UUID); a repeat returns the original seq.
+        #[arg(long)]
+        id: Option<uuid::Uuid>,
+        /// Read the request body from stdin instead.
+        #[arg(long, conflicts_with_all = ["source", "id"])]
+        stdin: bool,
+        /// Daemon's ingest address.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        addr: SocketAddr,
+    },
+    /// Run the reference upstream: an MCP server implementing edge_ingest and edge_cursor.
+    Sink {
+        /// Listen address; the MCP endpoint is http://ADDR/mcp.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: SocketAddr,
+        /// Directory of the sink's own sled store.
+        #[arg(long, default_value = "./edge-relay-sink-data")]
+        data_dir: PathBuf,
+    },
+    /// End-to-end demo on the Daphnet recording, with upstream outages and a relay restart.
+    Demo(demo::DemoOptions),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            edge_relay::run(config, shutdown::on_signals()?).await?;
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!("{}: ok\n{config:#?}", file.display());
+        }
+        Command::Status { json, addr } => {
+            let (code, body) =
+                local_client::request(addr, Method::GET, "/v1/status", vec![]).await?;
+            anyhow::ensure!(code == 200, "daemon answered HTTP {code}: {body}");
+            if json {
+                println!("{body}");
+            } else {
+                let r: StatusReport = serde_json::from_str(&body).context("parsing /v1/status")?;
+                println!(
+                    "gateway {} stream {}\nupstream {:?}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
+                    r.gateway,
+                    r.stream,
+                    r.upstream,
+                    r.last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default(),
+                    r.backlog_events,
+                    r.backlog_bytes,
+                    r.next_seq,
+                    r.acked_seq,
+                    r.dropped_events,
+                    r.events_delivered,
+                    r.batches_delivered,
+                    r.reconnects
+                );
+            }
+        }
+        Command::Send {
+            source,
+            kind,
+            data,
+            id,
+            stdin,
+            addr,
+        } => {
+            let body = if stdin {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading stdin")?;
+                buf
+            } else {
+                let data: serde_json::Value =
+                    serde_json::from_str(&data).context("--data is not valid JSON")?;
+                let mut event = serde_json::json!({"source": source, "kind": kind, "data": data});
+                if let Some(id) = id {
+                    event["id"] = serde_json::json!(id);
+                }
+                event.to_string().into_bytes()
+            };
+            let (code, body) =
+                local_client::request(addr, Method::POST, "/v1/events", body).await?;
+            println!("{body}");
+            if code != 200 {
+                eprintln!("error: daemon answered HTTP {code}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Sink { listen, data_dir } => {
+            let token = shutdown::on_signals()?;
+            sink::run(listen, &data_dir, token).await?;
+        }
+        Command::Demo(options) => return demo::run(options).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -241,10 +241,11 @@ impl Outbox {
                 break;
             }
             bytes += value.len();
-            let event: Event = serde_json::from_slice(&value).map_err(|e| OutboxError::Corrupt {
-                seq,
-                reason: e.to_string(),
-            })?;
+            let event: Event =
+                serde_json::from_slice(&value).map_err(|e| OutboxError::Corrupt {
+                    seq,
+                    reason: e.to_string(),
+                })?;
             out.push(event);
         }
         Ok(out)

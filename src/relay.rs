@@ -84,6 +84,7 @@ impl Relay {
             Duration::from_millis(self.config.backoff_max_ms),
         );
         let upstream = self.connector.describe();
+        let mut previous_expired = false;
         while !shutdown.is_cancelled() {
             self.status.set_upstream(UpstreamState::Connecting, None);
             let connected = tokio::select! {
@@ -107,11 +108,18 @@ impl Relay {
                 Err(e) => e,
             };
             backoff.connection_lasted(started.elapsed());
-            let delay = if matches!(err, RelayError::Uplink(UplinkError::SessionExpired(_))) {
+            let expired = matches!(err, RelayError::Uplink(UplinkError::SessionExpired(_)));
+            if expired {
+                self.status.session_expired();
+            }
+            // An expired session is renewed at once, but only once in a row: a server that
+            // forgets every new session must not turn this into a hot loop.
+            let delay = if expired && !previous_expired {
                 Duration::ZERO
             } else {
                 backoff.next_delay(rand::random::<f64>())
             };
+            previous_expired = expired;
             self.status
                 .set_upstream(UpstreamState::Down, Some(format!("{err:#}")));
             log::warn!(upstream = upstream.as_str(), error:% = err;
@@ -126,7 +134,11 @@ impl Relay {
     }
 
     /// One session's life: cursor, then batches until an error or shutdown (`Ok`).
-    async fn deliver(&self, session: &Session, shutdown: &CancellationToken) -> Result<(), RelayError> {
+    async fn deliver(
+        &self,
+        session: &Session,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let stream = self.outbox.stats().stream;
         let gateway = self.gateway.as_str();
         let ack = session

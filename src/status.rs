@@ -28,6 +28,7 @@ pub struct StatusBoard {
     events_delivered: AtomicU64,
     batches_delivered: AtomicU64,
     reconnects: AtomicU64,
+    sessions_expired: AtomicU64,
 }
 
 /// `GET /v1/status` body.
@@ -57,6 +58,8 @@ pub struct StatusReport {
     pub batches_delivered: u64,
     /// Sessions opened since start.
     pub reconnects: u64,
+    /// Sessions the upstream forgot (HTTP 404) since start.
+    pub sessions_expired: u64,
 }
 
 impl StatusBoard {
@@ -78,6 +81,11 @@ impl StatusBoard {
     /// Counts one new session.
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one session the upstream forgot.
+    pub fn session_expired(&self) {
+        self.sessions_expired.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Current uplink state.
@@ -105,6 +113,7 @@ impl StatusBoard {
             events_delivered: self.events_delivered.load(Ordering::Relaxed),
             batches_delivered: self.batches_delivered.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            sessions_expired: self.sessions_expired.load(Ordering::Relaxed),
         }
     }
 }
@@ -113,20 +122,73 @@ impl StatusReport {
     /// Prometheus text exposition format 0.0.4 (`GET /metrics`).
     pub fn to_prometheus(&self) -> String {
         let up = |s| u8::from(self.upstream == s);
-        let rows: [(&str, &str, &str, u64); 9] = [
-            ("edge_relay_backlog_events", "gauge", "Events waiting for an upstream ack.", self.backlog_events),
-            ("edge_relay_backlog_bytes", "gauge", "Bytes of buffered events.", self.backlog_bytes),
-            ("edge_relay_next_seq", "gauge", "Next seq to assign.", self.next_seq),
-            ("edge_relay_acked_seq", "gauge", "Highest seq acknowledged upstream.", self.acked_seq),
-            ("edge_relay_dropped_events_total", "counter", "Events dropped by drop_oldest.", self.dropped_events),
-            ("edge_relay_delivered_events_total", "counter", "Events acknowledged upstream since start.", self.events_delivered),
-            ("edge_relay_delivered_batches_total", "counter", "Batches acknowledged upstream since start.", self.batches_delivered),
-            ("edge_relay_sessions_total", "counter", "Upstream sessions opened since start.", self.reconnects),
-            ("edge_relay_upstream_connected", "gauge", "1 when the uplink is connected.", u64::from(up(UpstreamState::Connected))),
+        let rows: [(&str, &str, &str, u64); 10] = [
+            (
+                "edge_relay_backlog_events",
+                "gauge",
+                "Events waiting for an upstream ack.",
+                self.backlog_events,
+            ),
+            (
+                "edge_relay_backlog_bytes",
+                "gauge",
+                "Bytes of buffered events.",
+                self.backlog_bytes,
+            ),
+            (
+                "edge_relay_next_seq",
+                "gauge",
+                "Next seq to assign.",
+                self.next_seq,
+            ),
+            (
+                "edge_relay_acked_seq",
+                "gauge",
+                "Highest seq acknowledged upstream.",
+                self.acked_seq,
+            ),
+            (
+                "edge_relay_dropped_events_total",
+                "counter",
+                "Events dropped by drop_oldest.",
+                self.dropped_events,
+            ),
+            (
+                "edge_relay_delivered_events_total",
+                "counter",
+                "Events acknowledged upstream since start.",
+                self.events_delivered,
+            ),
+            (
+                "edge_relay_delivered_batches_total",
+                "counter",
+                "Batches acknowledged upstream since start.",
+                self.batches_delivered,
+            ),
+            (
+                "edge_relay_sessions_total",
+                "counter",
+                "Upstream sessions opened since start.",
+                self.reconnects,
+            ),
+            (
+                "edge_relay_sessions_expired_total",
+                "counter",
+                "Upstream sessions expired (HTTP 404) since start.",
+                self.sessions_expired,
+            ),
+            (
+                "edge_relay_upstream_connected",
+                "gauge",
+                "1 when the uplink is connected.",
+                u64::from(up(UpstreamState::Connected)),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
         }
         out
     }

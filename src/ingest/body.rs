@@ -144,8 +144,8 @@ mod tests {
         assert_eq!(err.location(), (Some(0), None));
         let err = parse_events(b"{\"source\":\"a\",\"data\":1}\n{oops}\n", 1024).unwrap_err();
         assert_eq!(err.location(), (Some(1), None));
-        let err = parse_events(br#"[{"source":"a","data":1},{"source":7,"data":1}]"#, 1024)
-            .unwrap_err();
+        let err =
+            parse_events(br#"[{"source":"a","data":1},{"source":7,"data":1}]"#, 1024).unwrap_err();
         assert_eq!(err.location(), (Some(1), Some("source")));
         assert!(err.to_string().contains("event 1"), "{err}");
         let big = format!(r#"{{"source":"a","data":"{}"}}"#, "x".repeat(2000));

@@ -65,7 +65,10 @@ impl IngestHttp {
             (&Method::POST, "/v1/events") => self.post_events(req).await,
             (&Method::GET, "/v1/status") => {
                 let report = self.status.report(&self.gateway, &self.outbox.stats());
-                json_response(StatusCode::OK, serde_json::to_value(report).unwrap_or_default())
+                json_response(
+                    StatusCode::OK,
+                    serde_json::to_value(report).unwrap_or_default(),
+                )
             }
             (&Method::GET, "/metrics") => {
                 let report = self.status.report(&self.gateway, &self.outbox.stats());
@@ -77,9 +80,12 @@ impl IngestHttp {
                 resp
             }
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
-            (_, "/v1/events" | "/v1/status" | "/metrics" | "/healthz") => {
-                error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None, None)
-            }
+            (_, "/v1/events" | "/v1/status" | "/metrics" | "/healthz") => error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                None,
+                None,
+            ),
             (_, path) => error_response(
                 StatusCode::NOT_FOUND,
                 &format!("no such endpoint: {path}"),
@@ -103,7 +109,10 @@ impl IngestHttp {
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return error_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("body exceeds {} bytes (ingest.http.max_body_bytes)", self.max_body_bytes),
+                    &format!(
+                        "body exceeds {} bytes (ingest.http.max_body_bytes)",
+                        self.max_body_bytes
+                    ),
                     None,
                     None,
                 );
@@ -134,7 +143,11 @@ impl IngestHttp {
         match self.outbox.append(events).await {
             Ok(appended) => {
                 let seqs: Vec<u64> = appended.assigned.iter().map(|(s, _)| *s).collect();
-                let ids: Vec<String> = appended.assigned.iter().map(|(_, id)| id.to_string()).collect();
+                let ids: Vec<String> = appended
+                    .assigned
+                    .iter()
+                    .map(|(_, id)| id.to_string())
+                    .collect();
                 json_response(
                     StatusCode::OK,
                     json!({

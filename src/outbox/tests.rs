@@ -1,0 +1,195 @@
+use super::*;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn config(max_bytes: u64, overflow: Overflow) -> OutboxConfig {
+    OutboxConfig {
+        max_bytes,
+        overflow,
+        cache_bytes: 1 << 20,
+        id_retention: 10,
+    }
+}
+
+fn ev(source: &str, id: Option<Uuid>) -> NewEvent {
+    NewEvent {
+        id,
+        source: source.into(),
+        kind: "sensor".into(),
+        time: None,
+        data: json!({"v": source}),
+    }
+}
+
+async fn open(
+    dir: &Path,
+    c: OutboxConfig,
+) -> (Outbox, CancellationToken, tokio::task::JoinHandle<()>) {
+    let (outbox, writer) = Outbox::open(dir, c).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    (outbox, stop, task)
+}
+
+fn seqs(a: &Appended) -> Vec<u64> {
+    a.assigned.iter().map(|(s, _)| *s).collect()
+}
+
+#[tokio::test]
+async fn assigns_seqs_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, stop, task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    let stream = outbox.stats().stream;
+    let a = outbox
+        .append(vec![ev("a", None), ev("b", None)])
+        .await
+        .unwrap();
+    assert_eq!(seqs(&a), [1, 2]);
+    let b = outbox.append(vec![ev("c", None)]).await.unwrap();
+    assert_eq!(seqs(&b), [3]);
+    stop.cancel();
+    task.await.unwrap();
+    drop(outbox);
+
+    let (outbox, stop, task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    let stats = outbox.stats();
+    assert_eq!(
+        (stats.stream, stats.next_seq, stats.backlog_events),
+        (stream, 4, 3)
+    );
+    let batch = outbox.batch_after(0, 10, 1 << 20).unwrap();
+    let got: Vec<_> = batch.iter().map(|e| (e.seq, e.source.as_str())).collect();
+    assert_eq!(got, [(1, "a"), (2, "b"), (3, "c")]);
+    assert_eq!(batch[0].id, a.assigned[0].1);
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_id_returns_the_original_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    let id = Uuid::now_v7();
+    let first = outbox.append(vec![ev("a", Some(id))]).await.unwrap();
+    let again = outbox
+        .append(vec![ev("b", None), ev("a", Some(id)), ev("a", Some(id))])
+        .await
+        .unwrap();
+    assert_eq!(seqs(&first), [1]);
+    assert_eq!(seqs(&again), [2, 1, 1]);
+    assert_eq!(outbox.stats().backlog_events, 2);
+    // Still known after delivery, within the retention window.
+    outbox.ack(2).await.unwrap();
+    let after = outbox.append(vec![ev("a", Some(id))]).await.unwrap();
+    assert_eq!(seqs(&after), [1]);
+}
+
+#[tokio::test]
+async fn ack_deletes_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    let events: Vec<_> = (0..10).map(|i| ev(&format!("s{i}"), None)).collect();
+    outbox.append(events).await.unwrap();
+    let before = outbox.stats();
+    outbox.ack(4).await.unwrap();
+    outbox.ack(2).await.unwrap(); // going back is a no-op
+    let stats = outbox.stats();
+    assert_eq!((stats.acked_seq, stats.backlog_events), (4, 6));
+    assert!(stats.backlog_bytes < before.backlog_bytes);
+    let rest = outbox.batch_after(0, 100, 1 << 20).unwrap();
+    assert_eq!(rest.first().map(|e| e.seq), Some(5));
+    outbox.ack(10).await.unwrap();
+    let stats = outbox.stats();
+    assert_eq!((stats.backlog_events, stats.backlog_bytes), (0, 0));
+    // Acks past the end are clamped.
+    outbox.ack(99).await.unwrap();
+    assert_eq!(outbox.stats().acked_seq, 10);
+}
+
+#[tokio::test]
+async fn batch_respects_event_and_byte_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    outbox
+        .append((0..20).map(|i| ev(&format!("s{i}"), None)).collect())
+        .await
+        .unwrap();
+    assert_eq!(outbox.batch_after(0, 7, 1 << 20).unwrap().len(), 7);
+    let one = serde_json::to_vec(&outbox.batch_after(0, 1, 1 << 20).unwrap()[0])
+        .unwrap()
+        .len();
+    assert_eq!(outbox.batch_after(0, 100, one * 3).unwrap().len(), 3);
+    assert_eq!(
+        outbox.batch_after(0, 100, 1).unwrap().len(),
+        1,
+        "one event always goes"
+    );
+    assert_eq!(outbox.batch_after(15, 100, 1 << 20).unwrap()[0].seq, 16);
+    assert!(outbox.batch_after(20, 100, 1 << 20).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reject_policy_refuses_and_keeps_everything_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(2_000, Overflow::Reject)).await;
+    let mut accepted = 0;
+    let err = loop {
+        match outbox.append(vec![ev("x", None)]).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, OutboxError::Full { .. }), "{err}");
+    assert!(accepted > 5);
+    let stats = outbox.stats();
+    assert_eq!(stats.backlog_events, accepted);
+    assert_eq!(stats.dropped_events, 0);
+    assert_eq!(
+        outbox.batch_after(0, 1000, 1 << 20).unwrap().len() as u64,
+        accepted
+    );
+    // Room again after an ack.
+    outbox.ack(1).await.unwrap();
+    outbox.append(vec![ev("y", None)]).await.unwrap();
+}
+
+#[tokio::test]
+async fn drop_oldest_deletes_from_the_front_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(2_000, Overflow::DropOldest)).await;
+    for i in 0..100 {
+        outbox
+            .append(vec![ev(&format!("s{i}"), None)])
+            .await
+            .unwrap();
+    }
+    let stats = outbox.stats();
+    assert!(stats.dropped_events > 0);
+    assert!(stats.backlog_bytes <= 2_000);
+    assert_eq!(stats.dropped_events + stats.backlog_events, 100);
+    let rest = outbox.batch_after(0, 1000, 1 << 20).unwrap();
+    assert_eq!(
+        rest[0].seq,
+        stats.dropped_events + 1,
+        "the oldest went first"
+    );
+    assert_eq!(rest.last().unwrap().seq, 100);
+    // One request larger than the whole buffer is refused even under drop_oldest.
+    let huge: Vec<_> = (0..200).map(|i| ev(&format!("h{i}"), None)).collect();
+    assert!(matches!(
+        outbox.append(huge).await,
+        Err(OutboxError::Full { .. })
+    ));
+}
+
+#[tokio::test]
+async fn closed_writer_refuses_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, stop, task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(matches!(
+        outbox.append(vec![ev("a", None)]).await,
+        Err(OutboxError::Closed)
+    ));
+}

@@ -36,8 +36,14 @@ pub struct Writer {
 }
 
 enum Reply {
-    Append(oneshot::Sender<Result<Appended, OutboxError>>, Result<Appended, OutboxError>),
-    Ack(oneshot::Sender<Result<(), OutboxError>>, Result<(), OutboxError>),
+    Append(
+        oneshot::Sender<Result<Appended, OutboxError>>,
+        Result<Appended, OutboxError>,
+    ),
+    Ack(
+        oneshot::Sender<Result<(), OutboxError>>,
+        Result<(), OutboxError>,
+    ),
 }
 
 /// Reads the counters, creating a new stream on an empty store.
@@ -297,7 +303,10 @@ impl Writer {
         if self.ids_stored <= 2 * keep.max(1024) {
             return Ok(());
         }
-        let horizon = self.stats.acked_seq.saturating_sub(self.config.id_retention);
+        let horizon = self
+            .stats
+            .acked_seq
+            .saturating_sub(self.config.id_retention);
         let mut batch = sled::Batch::default();
         let mut removed = 0u64;
         for item in self.tree.scan_prefix([ID]) {

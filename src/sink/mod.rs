@@ -1,1 +1,37 @@
-//! TEMPORARY STUB
+//! The reference upstream (DESIGN §2): an MCP server with `edge_ingest`/`edge_cursor` over its own sled store.
+
+mod keys;
+pub mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+pub use server::{SinkService, serve_http};
+pub use store::{SinkError, SinkStore};
+
+/// `edge-relay sink`: opens (creating if needed) the store in `data_dir`, binds `listen` and
+/// serves the MCP endpoint at `http://{listen}/mcp` until `shutdown`.
+///
+/// # Errors
+/// The data dir cannot be created or opened (e.g. another sink holds it), the address cannot
+/// be bound, or [`serve_http`] fails.
+pub async fn run(
+    listen: SocketAddr,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating sink data dir {}", data_dir.display()))?;
+    let store = Arc::new(SinkStore::open(data_dir)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the sink on {listen}"))?;
+    let streams = store.streams()?.len();
+    log::info!(streams = streams; "sink store open in {}", data_dir.display());
+    serve_http(listener, store, shutdown).await
+}

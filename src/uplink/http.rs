@@ -29,7 +29,11 @@ impl HttpConnector {
     ///
     /// # Errors
     /// The TLS client could not be built.
-    pub fn new(url: &str, token: Option<Secret>, request_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        token: Option<Secret>,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let client = HyperHttpClient::new(HttpTimeouts {
             connect: CONNECT_TIMEOUT,
             response_headers: request_timeout,
@@ -48,7 +52,8 @@ impl Connector for HttpConnector {
         config: SessionConfig,
     ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
         Box::pin(async move {
-            let mut transport_config = StreamableHttpClientTransportConfig::with_uri(self.url.as_str());
+            let mut transport_config =
+                StreamableHttpClientTransportConfig::with_uri(self.url.as_str());
             // The relay loop owns session recovery: a new session always starts with edge_cursor.
             transport_config.reinit_on_expired_session = false;
             transport_config.auth_header = self.token.as_ref().map(|t| t.expose().to_owned());

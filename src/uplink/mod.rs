@@ -1,20 +1,21 @@
 //! The MCP client session to the upstream (DESIGN §2–3): rmcp's client over a chosen transport.
 
-pub mod http_client;
-#[cfg(any())]
 pub mod http;
+pub mod http_client;
 
 use std::time::Duration;
 
+use rmcp::ServiceExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
     ProtocolVersion,
 };
 use rmcp::service::{RoleClient, RunningService, ServiceError};
-use rmcp::ServiceExt;
+use rmcp::transport::streamable_http_client::StreamableHttpError;
 use serde::Serialize;
 
 use crate::contract::{Ack, CLIENT_NAME, CursorArgs, IngestArgs};
+use http_client::HttpClientError;
 
 /// How long a graceful session close (`DELETE` of the session) may take.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -101,7 +102,7 @@ impl Session {
                 what: "the initialize handshake".into(),
                 after: timeout,
             })?
-            .map_err(|e| classify(&e.to_string(), |m| UplinkError::Connect(m)))?;
+            .map_err(|e| UplinkError::Connect(e.to_string()))?;
         Ok(Self { client, config })
     }
 
@@ -136,7 +137,12 @@ impl Session {
     async fn call(&self, tool: &str, args: &impl Serialize) -> Result<Ack, UplinkError> {
         let arguments = match serde_json::to_value(args) {
             Ok(serde_json::Value::Object(map)) => map,
-            _ => unreachable!("contract arguments serialize to JSON objects"),
+            other => {
+                return Err(UplinkError::Malformed {
+                    tool: tool.into(),
+                    reason: format!("arguments did not encode as a JSON object: {other:?}"),
+                });
+            }
         };
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         let timeout = self.config.request_timeout;
@@ -200,15 +206,15 @@ fn service_error(tool: &str, e: ServiceError) -> UplinkError {
             what: format!("the answer to {tool}"),
             after: timeout,
         },
-        other => classify(&other.to_string(), UplinkError::Transport),
-    }
-}
-
-/// rmcp reports transport failures as text; a 404 on our session must become `SessionExpired`.
-fn classify(message: &str, otherwise: impl FnOnce(String) -> UplinkError) -> UplinkError {
-    if message.to_ascii_lowercase().contains("session expired") {
-        UplinkError::SessionExpired(message.to_owned())
-    } else {
-        otherwise(message.to_owned())
+        ServiceError::TransportSend(t)
+            if matches!(
+                t.error
+                    .downcast_ref::<StreamableHttpError<HttpClientError>>(),
+                Some(StreamableHttpError::SessionExpired)
+            ) =>
+        {
+            UplinkError::SessionExpired(t.error.to_string())
+        }
+        other => UplinkError::Transport(other.to_string()),
     }
 }

@@ -1,0 +1,134 @@
+//! Byte layout of the sink store's sled trees: keys, the per-stream record and their codecs.
+
+use uuid::Uuid;
+
+use crate::contract::Ack;
+use crate::sink::store::SinkError;
+
+// Design: three trees, written together by one sled transaction per ingest call:
+//   streams: stream uuid (16) ++ gateway (utf8) -> prefix u64 ++ mark u64 [++ acked id (16)]
+//   events:  prefix u64 ++ seq u64             -> the event as JSON
+//   gaps:    prefix u64 ++ dropped_from u64    -> dropped_to u64 (disjoint, non-touching ranges)
+// Integers are big-endian, so key order is seq order and one stream is one key range. `prefix`
+// is a sled-generated id per (gateway, stream): event keys stay 16 bytes whatever the gateway.
+
+/// The answer for a stream with nothing stored.
+pub(super) const NO_ACK: Ack = Ack {
+    acked_seq: None,
+    acked_id: None,
+};
+
+/// `streams` key of a (gateway, stream).
+pub(super) fn stream_key(gateway: &str, stream: Uuid) -> Vec<u8> {
+    [stream.as_bytes(), gateway.as_bytes()].concat()
+}
+
+/// Inverse of [`stream_key`].
+pub(super) fn parse_stream_key(key: &[u8]) -> Result<(String, Uuid), SinkError> {
+    let corrupt = || SinkError::Corrupt(format!("stream key {key:?}"));
+    let stream = Uuid::from_slice(key.get(..16).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
+    let gateway = String::from_utf8(key[16..].to_vec()).map_err(|_| corrupt())?;
+    Ok((gateway, stream))
+}
+
+/// `events` or `gaps` key: the stream's prefix, then the seq.
+pub(super) fn seq_key(prefix: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&prefix.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The seq half of a [`seq_key`].
+pub(super) fn key_seq(key: &[u8]) -> Result<u64, SinkError> {
+    decode_u64(key.get(8..).unwrap_or_default(), "key seq")
+}
+
+/// A big-endian u64 of exactly 8 bytes; `what` names it in the error.
+pub(super) fn decode_u64(raw: &[u8], what: &str) -> Result<u64, SinkError> {
+    let bytes: [u8; 8] = raw
+        .try_into()
+        .map_err(|_| SinkError::Corrupt(format!("{what} of {} bytes", raw.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// What the `streams` tree holds for one (gateway, stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StreamRecord {
+    /// First 8 bytes of this stream's `events` and `gaps` keys.
+    pub prefix: u64,
+    /// Contiguous high-water mark; 0 = nothing contiguous yet (seqs start at 1).
+    pub mark: u64,
+    /// Id of the event at `mark`; `None` when `mark` is 0 or inside a gap.
+    pub acked_id: Option<Uuid>,
+}
+
+impl StreamRecord {
+    /// 16 bytes, or 32 with an `acked_id`.
+    pub fn encode(&self) -> Vec<u8> {
+        let id = self.acked_id.as_ref().map_or(&[][..], |id| id.as_bytes());
+        [&self.prefix.to_be_bytes()[..], &self.mark.to_be_bytes(), id].concat()
+    }
+
+    /// Inverse of [`StreamRecord::encode`].
+    pub fn decode(raw: &[u8]) -> Result<Self, SinkError> {
+        let corrupt = || SinkError::Corrupt(format!("stream record of {} bytes", raw.len()));
+        let acked_id = match raw.len() {
+            16 => None,
+            32 => Some(Uuid::from_slice(&raw[16..]).map_err(|_| corrupt())?),
+            _ => return Err(corrupt()),
+        };
+        Ok(Self {
+            prefix: decode_u64(&raw[..8], "stream prefix")?,
+            mark: decode_u64(&raw[8..16], "stream mark")?,
+            acked_id,
+        })
+    }
+
+    /// The contract's view of this record.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            acked_seq: (self.mark > 0).then_some(self.mark),
+            acked_id: self.acked_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_seq_and_round_trip() {
+        assert!(seq_key(7, 255) < seq_key(7, 256));
+        assert!(seq_key(7, u64::MAX) < seq_key(8, 0));
+        assert_eq!(key_seq(&seq_key(7, 42)).unwrap(), 42);
+        let stream = Uuid::new_v4();
+        let key = stream_key("gw-01", stream);
+        assert_eq!(
+            parse_stream_key(&key).unwrap(),
+            ("gw-01".to_owned(), stream)
+        );
+        assert!(parse_stream_key(&key[..10]).is_err());
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for acked_id in [None, Some(Uuid::now_v7())] {
+            let record = StreamRecord {
+                prefix: 3,
+                mark: 9,
+                acked_id,
+            };
+            assert_eq!(StreamRecord::decode(&record.encode()).unwrap(), record);
+            assert_eq!(record.ack().acked_seq, Some(9));
+        }
+        let empty = StreamRecord {
+            prefix: 0,
+            mark: 0,
+            acked_id: None,
+        };
+        assert_eq!(empty.ack(), NO_ACK);
+        assert!(StreamRecord::decode(&[0; 20]).is_err());
+    }
+}

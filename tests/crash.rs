@@ -1,0 +1,147 @@
+//! The real binary, `kill -9`ed mid-stream and restarted on its outbox: every event that got a
+//! 200 reaches the reference upstream exactly once, in order.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_relay::audit::audit;
+use edge_relay::local_client;
+use hyper::Method;
+use serde_json::Value;
+use support::*;
+use uuid::Uuid;
+
+/// Pause between a producer's attempts while the daemon is down (a producer's own retry pace).
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+fn spawn_daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_edge-relay"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn edge-relay")
+}
+
+async fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while local_client::request(addr, Method::GET, "/healthz", vec![])
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "daemon not healthy within {WAIT:?}"
+        );
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+async fn status(addr: SocketAddr) -> Option<Value> {
+    let (code, body) = local_client::request(addr, Method::GET, "/v1/status", vec![])
+        .await
+        .ok()?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+/// Posts batches of 20 until stopped, retrying each batch (same ids) until it gets a 200.
+async fn produce(addr: SocketAddr, accepted_log: Arc<Mutex<Vec<(u64, Uuid)>>>, batches: usize) {
+    for b in 0..batches {
+        let body: Vec<Value> = (0..20)
+            .map(|i| event("crash", (b * 20 + i) as u64))
+            .collect();
+        let body = Value::Array(body).to_string().into_bytes();
+        loop {
+            match local_client::request(addr, Method::POST, "/v1/events", body.clone()).await {
+                Ok((200, text)) => {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    accepted_log.lock().unwrap().extend(accepted(&v));
+                    break;
+                }
+                Ok((code, text)) if code < 500 => panic!("refused: {code} {text}"),
+                _ => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&tmp.path().join("sink")).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config_path = tmp.path().join("edge-relay.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "gateway_id = \"crash-gw\"\ndata_dir = \"{}\"\n[ingest.http]\nlisten = \"{port}\"\n\
+             [upstream]\nurl = \"{}\"\n[relay]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
+             batch_max_events = 50\n",
+            tmp.path().join("relay").display(),
+            sink.url()
+        ),
+    )
+    .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut child = spawn_daemon(&config_path);
+    wait_healthy(port).await;
+    let producer = tokio::spawn(produce(port, log.clone(), 150));
+    let mut stream = None;
+    for kill in 1..=4 {
+        // Kill once this life has accepted some events and the upstream has stored some.
+        let target = kill * 500;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stored = status(port).await.map(|s| {
+                stream = s["stream"].as_str().map(|x| Uuid::parse_str(x).unwrap());
+                s["acked_seq"].as_u64().unwrap_or(0)
+            });
+            if log.lock().unwrap().len() >= target && stored.unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no progress before kill {kill}");
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        child = spawn_daemon(&config_path);
+        wait_healthy(port).await;
+    }
+    tokio::time::timeout(WAIT, producer).await.unwrap().unwrap();
+    let accepted_all = log.lock().unwrap().clone();
+    assert_eq!(accepted_all.len(), 3000);
+    let last = accepted_all.iter().map(|(s, _)| *s).max().unwrap();
+    let stream = stream.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while sink
+        .store
+        .cursor("crash-gw", stream)
+        .await
+        .unwrap()
+        .acked_seq
+        != Some(last)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "upstream never reached seq {last}"
+        );
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let result = audit(&accepted_all, &sink.events("crash-gw", stream));
+    assert!(result.is_clean(), "{result}");
+    assert_eq!(result.delivered, 3000);
+}

@@ -1,0 +1,168 @@
+//! End to end over MCP Streamable HTTP: real sled outbox, real HTTP ingest, real reference upstream.
+
+mod support;
+
+use edge_relay::audit::audit;
+use serde_json::Value;
+use support::*;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_in_mixed_shapes_arrive_exactly_once_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&tmp.path().join("sink")).await;
+    let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
+    let mut accepted_all = Vec::new();
+    let mut n = 0u64;
+    let mut shape = 0;
+    while n < 10_000 {
+        let body: Vec<u8> = match shape % 3 {
+            0 => {
+                n += 1;
+                event("single", n).to_string().into_bytes()
+            }
+            1 => {
+                let batch: Vec<Value> = (0..100).map(|i| event("array", n + i + 1)).collect();
+                n += 100;
+                Value::Array(batch).to_string().into_bytes()
+            }
+            _ => {
+                let lines: Vec<String> = (0..250)
+                    .map(|i| event("ndjson", n + i + 1).to_string())
+                    .collect();
+                n += 250;
+                lines.join("\n").into_bytes()
+            }
+        };
+        shape += 1;
+        let (code, answer) = post(relay.ingest_addr, body).await;
+        assert_eq!(code, 200, "{answer}");
+        accepted_all.extend(accepted(&answer));
+    }
+    assert_eq!(accepted_all.len() as u64, n);
+    drained(&relay).await;
+    let stream = relay.outbox.stats().stream;
+    let stored = sink.events("test-gw", stream);
+    let result = audit(&accepted_all, &stored);
+    assert!(result.is_clean(), "{result}");
+    assert_eq!(result.delivered as u64, n);
+    let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start(&tmp.path().join("sink")).await;
+    let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
+    let mut all = Vec::new();
+    for round in 0..4u64 {
+        for chunk in 0..10u64 {
+            let batch: Vec<Value> = (0..50)
+                .map(|i| event("imu", round * 1000 + chunk * 50 + i))
+                .collect();
+            let (code, answer) = post(relay.ingest_addr, Value::Array(batch).to_string()).await;
+            assert_eq!(code, 200, "{answer}");
+            all.extend(accepted(&answer));
+            if chunk == 4 {
+                // Mid-stream: wait until some of this round is delivered, then bounce the upstream.
+                acked_at_least(&relay, round * 500 + 100).await;
+                sink = sink.restart().await;
+            }
+        }
+    }
+    drained(&relay).await;
+    let stored = sink.events("test-gw", relay.outbox.stats().stream);
+    let result = audit(&all, &stored);
+    assert!(result.is_clean(), "{result}");
+    assert_eq!(result.delivered, 2000);
+    assert!(
+        relay
+            .status
+            .report("test-gw", &relay.outbox.stats())
+            .reconnects
+            >= 5
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answer_is_resent_without_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&tmp.path().join("sink")).await;
+    let proxy = proxy::CutProxy::start(sink.addr).await;
+    let relay = start_relay(relay_config(
+        &tmp.path().join("relay"),
+        &format!("http://{}/mcp", proxy.addr),
+    ))
+    .await;
+    let first: Vec<Value> = (0..10).map(|i| event("a", i)).collect();
+    let (_, answer) = post(relay.ingest_addr, Value::Array(first).to_string()).await;
+    let mut all = accepted(&answer);
+    drained(&relay).await;
+
+    proxy.arm();
+    let second: Vec<Value> = (0..10).map(|i| event("b", i)).collect();
+    let (_, answer) = post(relay.ingest_addr, Value::Array(second).to_string()).await;
+    all.extend(accepted(&answer));
+    drained(&relay).await;
+    assert_eq!(proxy.cuts(), 1, "the answer to the second batch was cut");
+
+    let stream = relay.outbox.stats().stream;
+    let stored = sink.events("test-gw", stream);
+    let result = audit(&all, &stored);
+    assert!(result.is_clean(), "{result}");
+    assert_eq!(result.delivered, 20);
+    // The upstream had stored the batch: the relay resumed after the upstream's cursor.
+    let cursor = sink.store.cursor("test-gw", stream).await.unwrap();
+    assert_eq!(cursor.acked_seq, Some(20));
+    assert!(
+        relay
+            .status
+            .report("test-gw", &relay.outbox.stats())
+            .reconnects
+            >= 2
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_session_gets_a_new_session_and_delivery_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&tmp.path().join("sink")).await;
+    let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
+    let (_, answer) = post(relay.ingest_addr, event("a", 1).to_string()).await;
+    let mut all = accepted(&answer);
+    drained(&relay).await;
+    // While the relay is idle, the upstream restarts and forgets every session.
+    let sink = sink.restart().await;
+    let (_, answer) = post(relay.ingest_addr, event("a", 2).to_string()).await;
+    all.extend(accepted(&answer));
+    drained(&relay).await;
+    let report = relay.status.report("test-gw", &relay.outbox.stats());
+    assert!(report.reconnects >= 2, "{report:?}");
+    assert_eq!(report.sessions_expired, 1, "{report:?}");
+    let result = audit(&all, &sink.events("test-gw", relay.outbox.stats().stream));
+    assert!(result.is_clean(), "{result}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_retry_with_the_same_id_is_idempotent_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&tmp.path().join("sink")).await;
+    let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
+    let id = Uuid::now_v7();
+    let body = serde_json::json!({"id": id, "source": "tool-runner", "kind": "tool", "data": {"ok": true}});
+    let (_, first) = post(relay.ingest_addr, body.to_string()).await;
+    drained(&relay).await;
+    let (code, again) = post(relay.ingest_addr, body.to_string()).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(&first), accepted(&again));
+    drained(&relay).await;
+    let stored = sink.events("test-gw", relay.outbox.stats().stream);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    relay.stop().await;
+}

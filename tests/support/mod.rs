@@ -1,0 +1,156 @@
+//! Shared test harness: the real reference upstream, the real relay, and an HTTP producer.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_relay::config::Config;
+use edge_relay::event::Event;
+use edge_relay::sink::{SinkStore, serve_http};
+use edge_relay::{Daemon, local_client};
+use hyper::Method;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Upper bound for any wait on the system under test; a hang fails the test instead.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The reference upstream on loopback, restartable on the same store and port.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub store: Arc<SinkStore>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sink {
+    pub async fn start(dir: &Path) -> Sink {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), dir).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, dir: &Path) -> Sink {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Arc::new(SinkStore::open(dir).unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_http(listener, store.clone(), stop.clone()));
+        Sink {
+            addr,
+            dir: dir.to_owned(),
+            store,
+            stop,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// Stops abruptly (connections dropped) and releases the store.
+    pub async fn stop(self) -> (SocketAddr, PathBuf) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+        (self.addr, self.dir)
+    }
+
+    /// Stop, then start again on the same port and store: sessions are forgotten.
+    pub async fn restart(self) -> Sink {
+        let (addr, dir) = self.stop().await;
+        Sink::start_on(addr, &dir).await
+    }
+
+    pub fn events(&self, gateway: &str, stream: Uuid) -> Vec<Event> {
+        self.store.events(gateway, stream).unwrap()
+    }
+}
+
+/// A relay config for tests: loopback, port 0, fast backoff, short timeouts.
+pub fn relay_config(data_dir: &Path, upstream_url: &str) -> Config {
+    let mut c = Config {
+        gateway_id: "test-gw".into(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    c.ingest.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.upstream.url = upstream_url.to_owned();
+    c.relay.backoff_initial_ms = 20;
+    c.relay.backoff_max_ms = 200;
+    c.relay.request_timeout_ms = 2_000;
+    c.relay.batch_max_events = 200;
+    c
+}
+
+pub async fn start_relay(config: Config) -> Daemon {
+    edge_relay::start(config, None).await.unwrap()
+}
+
+/// POSTs a body to `/v1/events`; returns the status and parsed JSON answer.
+pub async fn post(addr: SocketAddr, body: impl Into<Vec<u8>>) -> (u16, Value) {
+    let (code, text) = local_client::request(addr, Method::POST, "/v1/events", body.into())
+        .await
+        .unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (code, value)
+}
+
+/// `(seq, id)` pairs of a 200 answer.
+pub fn accepted(answer: &Value) -> Vec<(u64, Uuid)> {
+    let seqs = answer["seqs"].as_array().expect("seqs");
+    let ids = answer["ids"].as_array().expect("ids");
+    seqs.iter()
+        .zip(ids)
+        .map(|(s, i)| {
+            (
+                s.as_u64().unwrap(),
+                Uuid::parse_str(i.as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A sensor event with a fresh producer id.
+pub fn event(source: &str, n: u64) -> Value {
+    serde_json::json!({"id": Uuid::now_v7(), "source": source, "kind": "sensor", "data": {"n": n}})
+}
+
+/// Waits (on the outbox's commit signal, bounded by [`WAIT`]) until everything is acknowledged.
+pub async fn drained(relay: &Daemon) {
+    let mut changes = relay.outbox.watch();
+    let done = async {
+        loop {
+            let s = relay.outbox.stats();
+            if s.backlog_events == 0 && s.acked_seq + 1 == s.next_seq {
+                return;
+            }
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(WAIT, done).await.unwrap_or_else(|_| {
+        panic!(
+            "backlog not drained within {WAIT:?}: {:?}",
+            relay.outbox.stats()
+        )
+    });
+}
+
+/// Waits until the relay's acknowledged seq reaches `seq`.
+pub async fn acked_at_least(relay: &Daemon, seq: u64) {
+    let mut changes = relay.outbox.watch();
+    let reached = async {
+        while relay.outbox.stats().acked_seq < seq {
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .unwrap_or_else(|_| panic!("acked_seq never reached {seq}: {:?}", relay.outbox.stats()));
+}
