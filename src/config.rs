@@ -28,7 +28,7 @@ pub struct Config {
 }
 
 /// `[ingest]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// `[ingest.http]`: the local HTTP endpoint.
@@ -153,14 +153,6 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             buffer: BufferConfig::default(),
             relay: RelayConfig::default(),
-        }
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            http: HttpIngestConfig::default(),
         }
     }
 }

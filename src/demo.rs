@@ -147,17 +147,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         if down_since.is_none()
             && outages_done < opts.outages
             && now >= outage_at[outages_done as usize]
+            && let Some(up) = upstream.take()
         {
-            if let Some(up) = upstream.take() {
-                let (addr, dir) = up.stop().await?;
-                outages_done += 1;
-                println!(
-                    "demo: t={:.1}s upstream DOWN (outage {outages_done}/{})",
-                    now.as_secs_f64(),
-                    opts.outages
-                );
-                down_since = Some((Instant::now(), addr, dir));
-            }
+            let (addr, dir) = up.stop().await?;
+            outages_done += 1;
+            println!(
+                "demo: t={:.1}s upstream DOWN (outage {outages_done}/{})",
+                now.as_secs_f64(),
+                opts.outages
+            );
+            down_since = Some((Instant::now(), addr, dir));
         }
         if let Some((since, addr, dir)) = down_since.take() {
             if since.elapsed() >= outage_len {
@@ -232,7 +231,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
 fn progress(started: Instant, relay: &Daemon, produced: usize, outages: u32) {
     let s = relay.outbox.stats();
     println!(
-        "demo: t={:.1}s produced={produced} acked={} backlog={} upstream={:?} outages={outages}",
+        "demo: t={:.1}s produced={produced} acked={} backlog={} upstream={} outages={outages}",
         started.elapsed().as_secs_f64(),
         s.acked_seq,
         s.backlog_events,

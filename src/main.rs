@@ -121,7 +121,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 let r: StatusReport = serde_json::from_str(&body).context("parsing /v1/status")?;
                 println!(
-                    "gateway {} stream {}\nupstream {:?}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
+                    "gateway {} stream {}\nupstream {}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
                     r.gateway,
                     r.stream,
                     r.upstream,

@@ -122,8 +122,7 @@ impl Relay {
             previous_expired = expired;
             self.status
                 .set_upstream(UpstreamState::Down, Some(format!("{err:#}")));
-            log::warn!(upstream = upstream.as_str(), error:% = err;
-                "{err:#}; retry in {delay:?}");
+            log::warn!(upstream = upstream.as_str(); "{err:#}; retry in {delay:?}");
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}

@@ -21,6 +21,16 @@ pub enum UpstreamState {
     Down,
 }
 
+impl std::fmt::Display for UpstreamState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connected => "connected",
+            Self::Connecting => "connecting",
+            Self::Down => "down",
+        })
+    }
+}
+
 /// Written by the relay loop, read by the status endpoints. Cheap to share in an `Arc`.
 #[derive(Debug, Default)]
 pub struct StatusBoard {

@@ -19,6 +19,9 @@ fn dead_upstream() -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// `(case, body, status, index, field, text in the error)`.
+type BadInput = (&'static str, String, u16, Option<u64>, Option<&'static str>, &'static str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_naming_the_problem_and_stores_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -29,7 +32,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_stores_nothing() {
     let good = r#"{"source":"a","data":1}"#;
     let big_data = format!(r#"[{good},{{"source":"a","data":"{}"}}]"#, "x".repeat(2000));
     let big_body = format!("[{}]", vec![good; 4000].join(","));
-    let cases: Vec<(&str, String, u16, Option<u64>, Option<&str>, &str)> = vec![
+    let cases: Vec<BadInput> = vec![
         (
             "malformed JSON",
             r#"{"source":"a","#.into(),

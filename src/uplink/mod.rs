@@ -10,7 +10,7 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
     ProtocolVersion,
 };
-use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::service::{ClientInitializeError, RoleClient, RunningService, ServiceError};
 use rmcp::transport::streamable_http_client::StreamableHttpError;
 use serde::Serialize;
 
@@ -102,7 +102,13 @@ impl Session {
                 what: "the initialize handshake".into(),
                 after: timeout,
             })?
-            .map_err(|e| UplinkError::Connect(e.to_string()))?;
+            .map_err(|e| match e {
+                // The transport's own error, without rmcp's generic type names around it.
+                ClientInitializeError::TransportError { error, context } => {
+                    UplinkError::Connect(format!("{context}: {}", error.error))
+                }
+                other => UplinkError::Connect(other.to_string()),
+            })?;
         Ok(Self { client, config })
     }
 
@@ -215,6 +221,7 @@ fn service_error(tool: &str, e: ServiceError) -> UplinkError {
         {
             UplinkError::SessionExpired(t.error.to_string())
         }
+        ServiceError::TransportSend(t) => UplinkError::Transport(t.error.to_string()),
         other => UplinkError::Transport(other.to_string()),
     }
 }
