@@ -20,6 +20,9 @@ use crate::status::StatusBoard;
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// Longest a client may take to send a request body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most `POST /v1/events` bodies read, parsed or committed at once; further posts wait for a
+/// permit. Bounds ingest memory to about this many times `max_body_bytes` (x3 once parsed).
+pub const MAX_CONCURRENT_POSTS: usize = 16;
 
 /// The local HTTP ingest endpoint. Run it with [`IngestHttp::run`].
 #[derive(Clone)]
@@ -27,6 +30,7 @@ pub struct IngestHttp {
     outbox: Outbox,
     status: Arc<StatusBoard>,
     gateway: Arc<str>,
+    posts: Arc<tokio::sync::Semaphore>,
     max_body_bytes: usize,
     max_event_bytes: usize,
 }
@@ -45,6 +49,7 @@ impl IngestHttp {
             outbox,
             status,
             gateway: gateway.into(),
+            posts: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS)),
             max_body_bytes: config.max_body_bytes,
             max_event_bytes: config.max_event_bytes,
         }
@@ -96,6 +101,9 @@ impl IngestHttp {
     }
 
     async fn post_events(&self, req: Request<Incoming>) -> HttpResponse {
+        let Ok(_permit) = self.posts.acquire().await else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down", None, None);
+        };
         let limited = Limited::new(req.into_body(), self.max_body_bytes);
         let body = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
             Err(_) => {

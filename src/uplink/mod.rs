@@ -225,3 +225,31 @@ fn service_error(tool: &str, e: ServiceError) -> UplinkError {
         other => UplinkError::Transport(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::ContentBlock;
+    use serde_json::json;
+
+    #[test]
+    fn reads_the_ack_and_refuses_broken_answers() {
+        let ok = CallToolResult::structured(json!({"acked_seq": 7, "acked_id": null}));
+        assert_eq!(parse_ack("t", ok).unwrap().cursor(), 7);
+        let null = CallToolResult::structured(json!({"acked_seq": null, "acked_id": null}));
+        assert_eq!(parse_ack("t", null).unwrap().acked_seq, None);
+
+        let refused = CallToolResult::error(vec![ContentBlock::text("disk full")]);
+        let err = parse_ack("edge_ingest", refused).unwrap_err();
+        assert!(matches!(err, UplinkError::Refused { .. }));
+        assert!(err.to_string().contains("disk full"), "{err}");
+
+        let text_only = CallToolResult::success(vec![ContentBlock::text("ok")]);
+        let err = parse_ack("edge_ingest", text_only).unwrap_err();
+        assert!(err.to_string().contains("no structuredContent"), "{err}");
+
+        let wrong = CallToolResult::structured(json!({"acked_seq": "seven"}));
+        let err = parse_ack("edge_ingest", wrong).unwrap_err();
+        assert!(matches!(err, UplinkError::Malformed { .. }), "{err}");
+    }
+}
