@@ -33,6 +33,33 @@ pub struct Config {
 pub struct IngestConfig {
     /// `[ingest.http]`: the local HTTP endpoint.
     pub http: HttpIngestConfig,
+    /// `[ingest.mqtt]`: subscribe to the gateway's broker. Absent: off.
+    pub mqtt: Option<MqttIngestConfig>,
+}
+
+/// `[ingest.mqtt]` section: local producers publish to the gateway's broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttIngestConfig {
+    /// Broker, `mqtt://host[:port]`. Default `mqtt://127.0.0.1:1883`.
+    pub url: String,
+    /// Topic filters to subscribe to (QoS 1). Default `["sensors/#"]`.
+    pub topics: Vec<String>,
+    /// MQTT client id. Default `edge-relay-ingest-{gateway_id}`.
+    pub client_id: Option<String>,
+    /// File with the broker password (username = client id). Read at start, never logged.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for MqttIngestConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".to_owned(),
+            topics: vec!["sensors/#".to_owned()],
+            client_id: None,
+            password_file: None,
+        }
+    }
 }
 
 /// `[ingest.http]` section.
@@ -53,7 +80,7 @@ pub struct HttpIngestConfig {
 pub enum Transport {
     /// MCP Streamable HTTP.
     Http,
-    /// MCP over MQTT (not yet implemented).
+    /// MCP over MQTT (mqtt-ai "MCP over MQTT", MQTT 5.0).
     Mqtt,
 }
 
@@ -260,14 +287,30 @@ impl Config {
                 up.url.starts_with("http://") || up.url.starts_with("https://"),
                 "upstream.url must start with http:// or https:// for transport \"http\""
             ),
-            Transport::Mqtt => anyhow::bail!(
-                "upstream.transport \"mqtt\" is not implemented in this version; use \"http\""
-            ),
+            Transport::Mqtt => {
+                ensure!(
+                    up.url.starts_with("mqtt://"),
+                    "upstream.url must start with mqtt:// for transport \"mqtt\""
+                );
+                ensure!(
+                    crate::mqtt::topics::valid_server_name(&up.server_name)
+                        || up.server_name.ends_with("/#")
+                        || up.server_name == "#",
+                    "upstream.server_name must be a server name or filter like \"edge/ingest\" or \"edge/#\""
+                );
+            }
         }
         ensure!(
             !up.ingest_tool.is_empty() && !up.cursor_tool.is_empty(),
             "upstream.ingest_tool and upstream.cursor_tool must not be empty"
         );
+        if let Some(mqtt) = &self.ingest.mqtt {
+            ensure!(
+                mqtt.url.starts_with("mqtt://"),
+                "ingest.mqtt.url must start with mqtt://"
+            );
+            ensure!(!mqtt.topics.is_empty(), "ingest.mqtt.topics must not be empty");
+        }
         let buf = &self.buffer;
         ensure!(
             buf.max_bytes >= 1024 * 1024,

@@ -12,6 +12,7 @@
 //! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
 //! - [`ingest`]: local producers (HTTP).
 //! - [`relay`]: the delivery loop, reconnect and backoff.
+//! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
 //! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
@@ -30,6 +31,7 @@ pub mod http_serve;
 pub mod ingest;
 pub mod local_client;
 pub mod logging;
+pub mod mqtt;
 pub mod outbox;
 pub mod relay;
 pub mod shutdown;
