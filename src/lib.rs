@@ -149,7 +149,12 @@ fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
             token,
             config.relay.request_timeout(),
         )?)),
-        Transport::Mqtt => anyhow::bail!("upstream.transport \"mqtt\" is not implemented yet"),
+        Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
+            &config.upstream.url,
+            &config.upstream.server_name,
+            token,
+            &config.gateway_id,
+        ))),
     }
 }
 

@@ -72,6 +72,12 @@ enum Command {
         /// Directory of the sink's own sled store.
         #[arg(long, default_value = "./edge-relay-sink-data")]
         data_dir: PathBuf,
+        /// Also serve over MCP over MQTT through this broker (mqtt://host[:port]).
+        #[arg(long)]
+        mqtt: Option<String>,
+        /// server-name announced over MQTT.
+        #[arg(long, default_value = "edge/ingest", requires = "mqtt")]
+        server_name: String,
     },
     /// End-to-end demo on the Daphnet recording, with upstream outages and a relay restart.
     Demo(demo::DemoOptions),
@@ -170,9 +176,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Sink { listen, data_dir } => {
+        Command::Sink {
+            listen,
+            data_dir,
+            mqtt,
+            server_name,
+        } => {
             let token = shutdown::on_signals()?;
-            sink::run(listen, &data_dir, token).await?;
+            let mqtt = mqtt.map(|url| sink::mqtt::MqttServe {
+                url,
+                server_name,
+                password: None,
+            });
+            sink::run(listen, &data_dir, mqtt, token).await?;
         }
         Command::Demo(options) => return demo::run(options).await,
     }

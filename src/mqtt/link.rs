@@ -222,6 +222,13 @@ impl Link {
         Ok(())
     }
 
+    /// Unsubscribes without waiting for the UNSUBACK (nothing depends on it).
+    pub async fn unsubscribe(&self, filters: &[String]) {
+        for filter in filters {
+            let _ = self.publisher.client.unsubscribe(filter.clone()).await;
+        }
+    }
+
     /// Publishes at QoS 1 with the MCP user properties. Queued for the driver: returning `Ok`
     /// says nothing about delivery (JSON-RPC answers are the delivery signal).
     ///

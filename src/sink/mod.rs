@@ -1,6 +1,7 @@
 //! The reference upstream (DESIGN §2): an MCP server with `edge_ingest`/`edge_cursor` over its own sled store.
 
 mod keys;
+pub mod mqtt;
 pub mod server;
 pub mod store;
 
@@ -15,7 +16,8 @@ pub use server::{SinkService, serve_http};
 pub use store::{SinkError, SinkStore};
 
 /// `edge-relay sink`: opens (creating if needed) the store in `data_dir`, binds `listen` and
-/// serves the MCP endpoint at `http://{listen}/mcp` until `shutdown`.
+/// serves the MCP endpoint at `http://{listen}/mcp` until `shutdown`; with `mqtt`, also serves
+/// the same tools and store over MCP over MQTT.
 ///
 /// # Errors
 /// The data dir cannot be created or opened (e.g. another sink holds it), the address cannot
@@ -23,6 +25,7 @@ pub use store::{SinkError, SinkStore};
 pub async fn run(
     listen: SocketAddr,
     data_dir: &Path,
+    mqtt: Option<mqtt::MqttServe>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
@@ -33,5 +36,10 @@ pub async fn run(
         .with_context(|| format!("binding the sink on {listen}"))?;
     let streams = store.streams()?.len();
     log::info!(streams = streams; "sink store open in {}", data_dir.display());
-    serve_http(listener, store, shutdown).await
+    let over_mqtt = mqtt.map(|opts| tokio::spawn(mqtt::serve_mqtt(opts, store.clone(), shutdown.clone())));
+    serve_http(listener, store, shutdown).await?;
+    if let Some(task) = over_mqtt {
+        task.await??;
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod http_client;
+pub mod mqtt;
 
 use std::time::Duration;
 
