@@ -17,6 +17,7 @@
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop.
+//! - [`probe`]: `edge-relay probe`, the contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`local_client`]: the CLI's HTTP client to a running daemon.
 //! - [`demo`]: the end-to-end demo on the Daphnet recording.
@@ -33,6 +34,7 @@ pub mod local_client;
 pub mod logging;
 pub mod mqtt;
 pub mod outbox;
+pub mod probe;
 pub mod relay;
 pub mod shutdown;
 pub mod sink;
@@ -136,7 +138,11 @@ pub async fn start(
     })
 }
 
-fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
+/// The uplink `config.upstream` asks for (HTTP or MQTT), with its token or password read.
+///
+/// # Errors
+/// The token file cannot be read or the TLS client cannot be built.
+pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
     let token = config
         .upstream
         .token_file

@@ -64,6 +64,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7878")]
         addr: SocketAddr,
     },
+    /// Check the configured upstream: initialize, list its tools, check the contract, print
+    /// this gateway's cursor (asked from the running daemon's stream). Non-zero exit if unmet.
+    Probe {
+        /// TOML config file; without it every key has its default.
+        #[arg(long, short, env = "EDGE_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the reference upstream: an MCP server implementing edge_ingest and edge_cursor.
     Sink {
         /// Listen address; the MCP endpoint is http://ADDR/mcp.
@@ -105,14 +112,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Config::load(&path),
+        None => Ok(Config::default()),
+    }
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
-            edge_relay::run(config, shutdown::on_signals()?).await?;
+            edge_relay::run(load(config)?, shutdown::on_signals()?).await?;
+        }
+        Command::Probe { config } => {
+            let config = load(config)?;
+            let stream = local_client::request(config.ingest.http.listen, Method::GET, "/v1/status", vec![])
+                .await
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str::<StatusReport>(&body).ok())
+                .map(|r| r.stream);
+            match edge_relay::probe::probe(&config, stream).await {
+                Ok(report) => print!("{report}"),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -124,6 +124,31 @@ impl Session {
             .unwrap_or_else(|| "unknown server".into())
     }
 
+    /// Negotiated protocol version and the server's `serverInfo` (`name version`).
+    pub fn negotiated(&self) -> (String, String) {
+        let version = self
+            .client
+            .peer_info()
+            .map(|info| info.protocol_version.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        (version, self.server_name())
+    }
+
+    /// `tools/list` (all pages), within the request timeout.
+    ///
+    /// # Errors
+    /// Any [`UplinkError`].
+    pub async fn list_tools(&self) -> Result<Vec<rmcp::model::Tool>, UplinkError> {
+        let timeout = self.config.request_timeout;
+        tokio::time::timeout(timeout, self.client.peer().list_all_tools())
+            .await
+            .map_err(|_| UplinkError::Timeout {
+                what: "the answer to tools/list".into(),
+                after: timeout,
+            })?
+            .map_err(|e| service_error("tools/list", e))
+    }
+
     /// `edge_cursor`: the upstream's contiguous high-water mark for this stream.
     ///
     /// # Errors
