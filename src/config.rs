@@ -75,7 +75,7 @@ pub struct HttpIngestConfig {
 }
 
 /// Upstream transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// MCP Streamable HTTP.

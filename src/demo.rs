@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::audit::audit;
-use crate::config::Config;
+use crate::config::{Config, Transport};
+use crate::mosquitto::Mosquitto;
+use crate::sink::mqtt::{MqttServe, serve_mqtt};
 use crate::sink::{SinkStore, serve_http};
 use crate::{Daemon, local_client};
 
@@ -28,6 +30,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Attempts to post one body before the demo gives up (one per [`TICK`]).
 pub const POST_ATTEMPTS: u32 = 600;
+/// server-name of the demo's upstream over MQTT.
+pub const SERVER_NAME: &str = "demo/ingest";
 /// Gateway id the demo relay uses.
 pub const GATEWAY: &str = "demo-gw";
 
@@ -46,55 +50,75 @@ pub struct DemoOptions {
     /// Keep the demo's data directories (their path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Upstream transport: MCP Streamable HTTP, or MCP over MQTT through a private Mosquitto
+    /// (started on a free port; needs `mosquitto` installed).
+    #[arg(long, value_enum, default_value = "http")]
+    pub transport: Transport,
 }
 
 /// The reference upstream, restartable on the same store and port.
 struct Upstream {
     addr: SocketAddr,
     dir: PathBuf,
+    broker: Option<String>,
     store: Arc<SinkStore>,
     stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Upstream {
-    async fn start(addr: SocketAddr, dir: &Path) -> anyhow::Result<Self> {
+    /// Serves HTTP on `addr` and, with a `broker` URL, MCP over MQTT too, on one store.
+    async fn start(addr: SocketAddr, dir: &Path, broker: Option<String>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the upstream on {addr}"))?;
         let addr = listener.local_addr()?;
         let store = Arc::new(SinkStore::open(dir)?);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_http(listener, store.clone(), stop.clone()));
+        let mut tasks = vec![tokio::spawn(serve_http(listener, store.clone(), stop.clone()))];
+        if let Some(url) = &broker {
+            let opts = MqttServe {
+                url: url.clone(),
+                server_name: SERVER_NAME.into(),
+                password: None,
+            };
+            tasks.push(tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone())));
+        }
         Ok(Self {
             addr,
             dir: dir.to_owned(),
+            broker,
             store,
             stop,
-            task,
+            tasks,
         })
     }
 
-    async fn stop(self) -> anyhow::Result<(SocketAddr, PathBuf)> {
+    async fn stop(self) -> anyhow::Result<(SocketAddr, PathBuf, Option<String>)> {
         self.stop.cancel();
-        self.task.await??;
+        for task in self.tasks {
+            task.await??;
+        }
         drop(self.store);
-        Ok((self.addr, self.dir))
+        Ok((self.addr, self.dir, self.broker))
     }
 }
 
-async fn start_relay(
-    dir: &Path,
-    ingest: SocketAddr,
-    upstream: SocketAddr,
-) -> anyhow::Result<Daemon> {
+async fn start_relay(dir: &Path, ingest: SocketAddr, upstream: &Upstream) -> anyhow::Result<Daemon> {
     let mut config = Config {
         gateway_id: GATEWAY.into(),
         data_dir: dir.to_owned(),
         ..Config::default()
     };
     config.ingest.http.listen = ingest;
-    config.upstream.url = format!("http://{upstream}/mcp");
+    match &upstream.broker {
+        Some(url) => {
+            config.upstream.transport = Transport::Mqtt;
+            config.upstream.url = url.clone();
+            config.upstream.server_name = SERVER_NAME.into();
+        }
+        None => config.upstream.url = format!("http://{}/mcp", upstream.addr),
+    }
     config.relay.backoff_max_ms = 1_000;
     config.relay.request_timeout_ms = 3_000;
     crate::start(config, None).await
@@ -112,13 +136,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         .prefix("edge-relay-demo-")
         .tempdir()?;
     let (sink_dir, relay_dir) = (tmp.path().join("upstream"), tmp.path().join("relay"));
-    let first = Upstream::start("127.0.0.1:0".parse()?, &sink_dir).await?;
-    let up_addr = first.addr;
-    let mut upstream = Some(first);
-    let mut relay = start_relay(&relay_dir, "127.0.0.1:0".parse()?, up_addr).await?;
+    let broker = match opts.transport {
+        Transport::Mqtt => Some(Mosquitto::start(&tmp.path().join("mosquitto"), false)?),
+        Transport::Http => None,
+    };
+    let first = Upstream::start("127.0.0.1:0".parse()?, &sink_dir, broker.as_ref().map(Mosquitto::url)).await?;
+    let mut relay = start_relay(&relay_dir, "127.0.0.1:0".parse()?, &first).await?;
     let ingest = relay.ingest_addr;
+    let via = match &broker {
+        Some(b) => format!("MCP over MQTT via Mosquitto at {}", b.url()),
+        None => format!("MCP Streamable HTTP at http://{}/mcp", first.addr),
+    };
+    let mut upstream = Some(first);
     println!(
-        "demo: replaying {} samples ({total} events) of the Daphnet recording at {}x; upstream http://{up_addr}/mcp, relay ingest http://{ingest}",
+        "demo: replaying {} samples ({total} events) of the Daphnet recording at {}x; upstream: {via}; relay ingest http://{ingest}",
         samples.len(),
         opts.speed
     );
@@ -138,7 +169,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
     let mut accepted: Vec<(u64, Uuid)> = Vec::with_capacity(total);
     let mut next = 0usize;
     let mut outages_done = 0u32;
-    let mut down_since: Option<(Instant, SocketAddr, PathBuf)> = None;
+    let mut down_since: Option<(Instant, (SocketAddr, PathBuf, Option<String>))> = None;
     let mut restarted = false;
     let mut last_progress = Instant::now();
     while next < samples.len() {
@@ -149,29 +180,30 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
             && now >= outage_at[outages_done as usize]
             && let Some(up) = upstream.take()
         {
-            let (addr, dir) = up.stop().await?;
+            let stopped = up.stop().await?;
             outages_done += 1;
             println!(
                 "demo: t={:.1}s upstream DOWN (outage {outages_done}/{})",
                 now.as_secs_f64(),
                 opts.outages
             );
-            down_since = Some((Instant::now(), addr, dir));
+            down_since = Some((Instant::now(), stopped));
         }
-        if let Some((since, addr, dir)) = down_since.take() {
+        if let Some((since, (addr, dir, broker))) = down_since.take() {
             if since.elapsed() >= outage_len {
-                upstream = Some(Upstream::start(addr, &dir).await?);
+                upstream = Some(Upstream::start(addr, &dir, broker).await?);
                 println!(
                     "demo: t={:.1}s upstream UP again on the same store",
                     started.elapsed().as_secs_f64()
                 );
             } else {
-                down_since = Some((since, addr, dir));
+                down_since = Some((since, (addr, dir, broker)));
             }
         }
         if !restarted && down_since.is_none() && now >= restart_at {
             relay.stop().await;
-            relay = start_relay(&relay_dir, ingest, up_addr).await?;
+            let up = upstream.as_ref().context("upstream down during the relay restart")?;
+            relay = start_relay(&relay_dir, ingest, up).await?;
             restarted = true;
             println!(
                 "demo: t={:.1}s relay restarted on its outbox",
@@ -198,8 +230,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(TICK).await;
     }
-    if let Some((_, addr, dir)) = down_since.take() {
-        upstream = Some(Upstream::start(addr, &dir).await?);
+    if let Some((_, (addr, dir, broker))) = down_since.take() {
+        upstream = Some(Upstream::start(addr, &dir, broker).await?);
     }
     println!(
         "demo: t={:.1}s replay done; draining the backlog",

@@ -12,6 +12,7 @@
 //! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
 //! - [`ingest`]: local producers (HTTP).
 //! - [`relay`]: the delivery loop, reconnect and backoff.
+//! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
 //! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
@@ -32,6 +33,7 @@ pub mod http_serve;
 pub mod ingest;
 pub mod local_client;
 pub mod logging;
+pub mod mosquitto;
 pub mod mqtt;
 pub mod outbox;
 pub mod probe;
@@ -103,6 +105,21 @@ pub async fn start(
         &config.gateway_id,
         &config.ingest.http,
     );
+    let ingest_mqtt = match &config.ingest.mqtt {
+        Some(mqtt) => {
+            let password = mqtt
+                .password_file
+                .as_deref()
+                .map(Secret::from_file)
+                .transpose()
+                .context("ingest.mqtt.password_file")?;
+            Some(
+                ingest::mqtt::IngestMqtt::new(outbox.clone(), &config.gateway_id, mqtt, password)
+                    .max_event_bytes(config.ingest.http.max_event_bytes),
+            )
+        }
+        None => None,
+    };
     let session = SessionConfig {
         ingest_tool: config.upstream.ingest_tool.clone(),
         cursor_tool: config.upstream.cursor_tool.clone(),
@@ -122,9 +139,13 @@ pub async fn start(
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn(writer.run(writer_stop.clone()));
         let ingest = tokio::spawn(ingest.run(listener, stop.clone()));
+        let ingest_mqtt = ingest_mqtt.map(|i| tokio::spawn(i.run(stop.clone())));
         let relay = tokio::spawn(relay.run(stop.clone()));
         stop.cancelled().await;
         let _ = ingest.await;
+        if let Some(ingest_mqtt) = ingest_mqtt {
+            let _ = ingest_mqtt.await;
+        }
         let _ = relay.await;
         writer_stop.cancel();
         let _ = writer.await;

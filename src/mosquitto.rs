@@ -1,0 +1,147 @@
+//! A private Mosquitto 2.x broker on a free loopback port, for the demo, tests and benchmarks.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// Longest wait for a started broker to accept TCP connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between readiness checks of a starting broker.
+const READY_POLL: Duration = Duration::from_millis(20);
+/// Largest packet the broker accepts (it advertises it in CONNACK).
+pub const MAX_PACKET_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Where the `mosquitto` binary is, or a message saying how to install it.
+///
+/// # Errors
+/// Not on `PATH` nor in `/usr/sbin`: "install it with `apt-get install mosquitto`".
+pub fn find_binary() -> anyhow::Result<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("mosquitto"));
+    from_path
+        .chain([PathBuf::from("/usr/sbin/mosquitto")])
+        .find(|p| p.is_file())
+        .context("mosquitto not found: install it with `apt-get install mosquitto` (Debian/Ubuntu)")
+}
+
+/// A running broker; killed when dropped.
+pub struct Mosquitto {
+    /// Listening address.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    persistence: bool,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts a broker in `dir` (config, log and, with `persistence`, its database) on a free
+    /// loopback port, and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// No binary, no free port, or the broker did not come up (the log tail is included).
+    pub fn start(dir: &Path, persistence: bool) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut broker = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir: dir.to_owned(),
+            persistence,
+            child: None,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let binary = find_binary()?;
+        std::fs::create_dir_all(&self.dir)?;
+        let log = self.dir.join("mosquitto.log");
+        let mut conf = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\nmax_packet_size {MAX_PACKET_BYTES}\n\
+             log_dest file {}\nlog_timestamp true\n",
+            self.addr.port(),
+            log.display()
+        );
+        if self.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                self.dir.display()
+            ));
+        }
+        // As root, mosquitto would switch to user `mosquitto`, which cannot write our dir.
+        if is_root() {
+            conf.push_str("user root\n");
+        }
+        let conf_path = self.dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mosquitto")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(self.addr).is_err() {
+            if Instant::now() > deadline {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::bail!("mosquitto did not listen on {} within {START_TIMEOUT:?}; log:\n{tail}", self.addr);
+            }
+            std::thread::sleep(READY_POLL);
+        }
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM): a persistent broker saves its database.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Abrupt stop (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and directory (after `stop` or `kill`).
+    ///
+    /// # Errors
+    /// As [`Mosquitto::start`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// The broker's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
