@@ -1,5 +1,5 @@
-//! The real binary, `kill -9`ed mid-stream and restarted on its outbox: every event that got a
-//! 200 reaches the reference upstream exactly once, in order.
+//! The real binary, `kill -9`ed mid-stream and restarted on its outbox, over each transport:
+//! every event that got a 200 reaches the reference upstream exactly once, in order.
 
 mod support;
 
@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_relay::audit::audit;
+use edge_relay::mosquitto::Mosquitto;
+use edge_relay::sink::SinkStore;
+use support::mcp_mqtt::{MqttSink, SERVER_NAME};
 use edge_relay::local_client;
 use hyper::Method;
 use serde_json::Value;
@@ -75,22 +78,38 @@ async fn produce(addr: SocketAddr, accepted_log: Arc<Mutex<Vec<(u64, Uuid)>>>, b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once() {
+async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once_http() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink")).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config_path = tmp.path().join("edge-relay.toml");
+    let upstream = format!("url = \"{}\"", sink.url());
+    crash_loop(tmp.path(), &upstream, &sink.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once_mqtt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
+    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let upstream = format!(
+        "transport = \"mqtt\"\nurl = \"{}\"\nserver_name = \"{SERVER_NAME}\"",
+        broker.url()
+    );
+    crash_loop(tmp.path(), &upstream, &sink.store).await;
+    sink.stop().await;
+}
+
+/// Runs the real binary with `upstream` (the `[upstream]` keys), `kill -9`s it four times while
+/// a producer posts 3,000 events, and audits the upstream's `store`.
+async fn crash_loop(dir: &Path, upstream: &str, store: &SinkStore) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config_path = dir.join("edge-relay.toml");
     std::fs::write(
         &config_path,
         format!(
             "gateway_id = \"crash-gw\"\ndata_dir = \"{}\"\n[ingest.http]\nlisten = \"{port}\"\n\
-             [upstream]\nurl = \"{}\"\n[relay]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
+             [upstream]\n{upstream}\n[relay]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
              batch_max_events = 50\n",
-            tmp.path().join("relay").display(),
-            sink.url()
+            dir.join("relay").display(),
         ),
     )
     .unwrap();
@@ -125,23 +144,13 @@ async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once() {
     let last = accepted_all.iter().map(|(s, _)| *s).max().unwrap();
     let stream = stream.unwrap();
     let deadline = Instant::now() + WAIT;
-    while sink
-        .store
-        .cursor("crash-gw", stream)
-        .await
-        .unwrap()
-        .acked_seq
-        != Some(last)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "upstream never reached seq {last}"
-        );
+    while store.cursor("crash-gw", stream).await.unwrap().acked_seq != Some(last) {
+        assert!(Instant::now() < deadline, "upstream never reached seq {last}");
         tokio::time::sleep(RETRY_PAUSE).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let result = audit(&accepted_all, &sink.events("crash-gw", stream));
+    let result = audit(&accepted_all, &store.events("crash-gw", stream).unwrap());
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 3000);
 }

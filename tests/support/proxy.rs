@@ -1,4 +1,4 @@
-//! A TCP proxy that can cut the answer to an `edge_ingest` request after the upstream sent it.
+//! A TCP proxy that can cut the upstream's answer to a batch after the upstream sent it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Forwards every connection to `upstream`. When armed, the first connection whose request
-/// mentions `edge_ingest` gets its answer swallowed: the upstream has stored the batch (it
-/// answers only after its fsync) but the relay sees the connection die.
+/// Forwards every connection to `upstream` (the reference upstream over HTTP, or the broker over
+/// MQTT). When armed, the first chunk from the upstream side that carries an answer
+/// (`acked_seq`) is swallowed and the connection dropped: the upstream has stored the batch
+/// (it answers only after its fsync) but the relay never sees the answer.
 pub struct CutProxy {
     pub addr: SocketAddr,
     armed: Arc<AtomicBool>,
@@ -34,7 +35,7 @@ impl CutProxy {
         Self { addr, armed, cuts }
     }
 
-    /// Cut the answer of the next `edge_ingest` request.
+    /// Cut the next answer (arm it while the relay is idle, so it is an `edge_ingest` answer).
     pub fn arm(&self) {
         self.armed.store(true, Ordering::SeqCst);
     }
@@ -45,30 +46,11 @@ impl CutProxy {
     }
 }
 
-async fn pump(
-    client: TcpStream,
-    server: TcpStream,
-    armed: Arc<AtomicBool>,
-    cuts: Arc<AtomicUsize>,
-) {
+async fn pump(client: TcpStream, server: TcpStream, armed: Arc<AtomicBool>, cuts: Arc<AtomicUsize>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let ingest_pending = Arc::new(AtomicBool::new(false));
-    let pending = ingest_pending.clone();
     let up = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if buf[..n].windows(11).any(|w| w == b"edge_ingest") {
-                pending.store(true, Ordering::SeqCst);
-            }
-            if sw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
     };
     let down = async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -77,7 +59,8 @@ async fn pump(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if ingest_pending.swap(false, Ordering::SeqCst) && armed.swap(false, Ordering::SeqCst) {
+            let answer = buf[..n].windows(9).any(|w| w == b"acked_seq");
+            if answer && armed.swap(false, Ordering::SeqCst) {
                 cuts.fetch_add(1, Ordering::SeqCst);
                 return; // drops both halves: the answer never reaches the relay
             }
