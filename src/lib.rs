@@ -10,7 +10,7 @@
 //! - [`event`]: the event model and its validation.
 //! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results.
 //! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
-//! - [`ingest`]: local producers (HTTP).
+//! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
 //! - [`relay`]: the delivery loop, reconnect and backoff.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.

@@ -13,6 +13,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_POLL: Duration = Duration::from_millis(20);
 /// Largest packet the broker accepts (it advertises it in CONNACK).
 pub const MAX_PACKET_BYTES: u32 = 16 * 1024 * 1024;
+/// Messages held per client beyond those in flight (offline persistent sessions included);
+/// Mosquitto's default, 1000, silently drops the rest.
+pub const MAX_QUEUED_MESSAGES: u32 = 1_000_000;
 
 /// Where the `mosquitto` binary is, or a message saying how to install it.
 ///
@@ -35,6 +38,8 @@ pub struct Mosquitto {
     pub addr: SocketAddr,
     dir: PathBuf,
     persistence: bool,
+    /// Appended to the generated config (bridges, queue limits, ...).
+    extra_config: String,
     child: Option<Child>,
 }
 
@@ -45,11 +50,23 @@ impl Mosquitto {
     /// # Errors
     /// No binary, no free port, or the broker did not come up (the log tail is included).
     pub fn start(dir: &Path, persistence: bool) -> anyhow::Result<Self> {
+        Self::start_with(dir, persistence, "")
+    }
+
+    /// As [`Mosquitto::start`], with `extra_config` appended verbatim to the generated config
+    /// (e.g. `max_queued_messages`, or a bridge: `connection` must come after global options).
+    /// With `persistence` false, `extra_config` may set up persistence itself (its own
+    /// `autosave_interval`). Kept across [`Mosquitto::restart`].
+    ///
+    /// # Errors
+    /// As [`Mosquitto::start`] (a config Mosquitto refuses makes it exit: "did not listen").
+    pub fn start_with(dir: &Path, persistence: bool, extra_config: &str) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut broker = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir: dir.to_owned(),
             persistence,
+            extra_config: extra_config.to_owned(),
             child: None,
         };
         broker.spawn()?;
@@ -67,7 +84,8 @@ impl Mosquitto {
         let log = self.dir.join("mosquitto.log");
         let mut conf = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\nmax_packet_size {MAX_PACKET_BYTES}\n\
-             log_dest file {}\nlog_timestamp true\n",
+             max_queued_messages {MAX_QUEUED_MESSAGES}\n\
+             log_dest file {}\nlog_timestamp true\nconnection_messages true\n",
             self.addr.port(),
             log.display()
         );
@@ -81,21 +99,29 @@ impl Mosquitto {
         if is_root() {
             conf.push_str("user root\n");
         }
+        conf.push_str(&self.extra_config);
         let conf_path = self.dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf)?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stderr.log"))?;
         let child = Command::new(binary)
             .arg("-c")
             .arg(&conf_path)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("starting mosquitto")?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                anyhow::bail!("mosquitto exited at start ({status}); log:\n{}", self.log());
+            }
             if Instant::now() > deadline {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                anyhow::bail!("mosquitto did not listen on {} within {START_TIMEOUT:?}; log:\n{tail}", self.addr);
+                anyhow::bail!("mosquitto did not listen on {} within {START_TIMEOUT:?}; log:\n{}", self.addr, self.log());
             }
             std::thread::sleep(READY_POLL);
         }
@@ -127,9 +153,24 @@ impl Mosquitto {
         self.spawn()
     }
 
-    /// The broker's log so far (for failure messages).
+    /// The config file the broker was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("mosquitto.conf")
+    }
+
+    /// The last lines of the broker's log and stderr (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+        let mut tail = String::new();
+        for name in ["mosquitto.log", "stderr.log"] {
+            let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            tail.push_str(&format!("--- {name}\n"));
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                tail.push_str(line);
+                tail.push('\n');
+            }
+        }
+        tail
     }
 }
 

@@ -1,4 +1,5 @@
-//! Local producers: HTTP ingest and its body parsing.
+//! Local producers: HTTP ingest and its body parsing, MQTT ingest from the gateway's broker.
 
 pub mod body;
 pub mod http;
+pub mod mqtt;

@@ -31,6 +31,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const INCOMING_QUEUE: usize = 256;
 /// Bound of rumqttc's request channel.
 pub const REQUEST_QUEUE: usize = 64;
+/// Longest wait after our DISCONNECT for the broker to close the connection. Closing first,
+/// with its publishes still unread, makes the kernel send RST, and the broker then discards
+/// what we sent just before (PUBACKs, the DISCONNECT itself).
+pub const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
 
 /// MQTT failures, named after what was being attempted.
 #[derive(Debug, thiserror::Error)]
@@ -189,9 +193,6 @@ impl Link {
     /// # Errors
     /// A refused filter, no SUBACK within `timeout`, or a closed connection.
     pub async fn subscribe(&self, filters: &[String], no_local: bool, timeout: Duration) -> Result<(), MqttError> {
-        let _order = self.subscribe_order.lock().await;
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).0.push_back(tx);
         let request: Vec<Filter> = filters
             .iter()
             .map(|f| {
@@ -200,6 +201,18 @@ impl Link {
                 filter
             })
             .collect();
+        self.subscribe_filters(request, timeout).await
+    }
+
+    /// As [`Link::subscribe`], with filters built by the caller (e.g. retain handling).
+    ///
+    /// # Errors
+    /// A refused filter, no SUBACK within `timeout`, or a closed connection.
+    pub async fn subscribe_filters(&self, request: Vec<Filter>, timeout: Duration) -> Result<(), MqttError> {
+        let _order = self.subscribe_order.lock().await;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).0.push_back(tx);
+        let filters: Vec<String> = request.iter().map(|f| f.path.clone()).collect();
         self.publisher
             .client
             .subscribe_many(request)
@@ -246,10 +259,19 @@ impl Link {
         self.incoming.recv().await
     }
 
+    /// Takes the received publishes out of the link, so one task can read them while another
+    /// subscribes: a resumed session's messages may arrive before the SUBACK, and a driver
+    /// blocked on a full incoming queue never reads that SUBACK. [`Link::recv`] then returns
+    /// `None`.
+    pub fn take_incoming(&mut self) -> mpsc::Receiver<Publish> {
+        std::mem::replace(&mut self.incoming, mpsc::channel(1).1)
+    }
+
     /// Sends the PUBACK of a publish received with manual acks.
     ///
     /// # Errors
-    /// The connection is closed (the broker will redeliver nothing: session expiry 0).
+    /// The connection is closed: with session expiry 0 the broker redelivers nothing, with a
+    /// persistent session it redelivers the publish on the next connect.
     pub async fn ack(&self, publish: &Publish) -> Result<(), MqttError> {
         self.publisher
             .client
@@ -274,6 +296,15 @@ impl Link {
         )
     }
 
+    /// A cloneable handle for a task that sends PUBACKs while the owner keeps calling `recv`.
+    /// [`Link::ack`] from the owner can deadlock: it waits on a full request channel while the
+    /// driver, which drains that channel, waits on a full incoming queue.
+    pub fn acker(&self) -> Acker {
+        Acker {
+            client: self.publisher.client.clone(),
+        }
+    }
+
     /// A cloneable publisher for tasks that only send.
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()
@@ -284,6 +315,37 @@ impl Link {
         let _ = self.publisher.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.closed.cancelled()).await;
         self.closed.cancel();
+    }
+}
+
+/// PUBACK-and-DISCONNECT handle of a [`Link`] with manual acks; requests go out in call order.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+}
+
+impl Acker {
+    /// As [`Link::ack`]: waits while rumqttc's request channel is full.
+    ///
+    /// # Errors
+    /// The connection is closed.
+    pub async fn ack(&self, publish: &Publish) -> Result<(), MqttError> {
+        self.client
+            .ack(publish)
+            .await
+            .map_err(|e| MqttError::Closed(e.to_string()))
+    }
+
+    /// Sends DISCONNECT (no will) after every request queued before it; the driver then stops
+    /// and the link's `recv` returns `None`.
+    ///
+    /// # Errors
+    /// The connection is closed.
+    pub async fn disconnect(&self) -> Result<(), MqttError> {
+        self.client
+            .disconnect()
+            .await
+            .map_err(|e| MqttError::Closed(e.to_string()))
     }
 }
 
@@ -354,7 +416,12 @@ async fn drive(
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 break format!("broker sent DISCONNECT ({:?})", d.reason_code);
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break "disconnected".to_owned(),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes; publishes still arriving are dropped unacked.
+                let until_closed = async { while eventloop.poll().await.is_ok() {} };
+                let _ = tokio::time::timeout(DISCONNECT_LINGER, until_closed).await;
+                break "disconnected".to_owned();
+            }
             Ok(_) => {}
             Err(e) => break e.to_string(),
         }
