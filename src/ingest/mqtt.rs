@@ -1,8 +1,9 @@
 //! Local MQTT ingest (DESIGN §5): subscribes on the gateway's broker and commits every publish
 //! as an event before its PUBACK goes out.
 //!
-//! Payload → event: `source` = the topic, `kind` = [`KIND`], `time` = commit time, a fresh
-//! UUIDv7 `id`, and `data` =
+//! Payload → event: `source` = the topic, `kind` = [`KIND`], `time` = commit time, `id` = the
+//! payload's own UUID `id` field when it is a JSON object with one, else a fresh UUIDv7, and
+//! `data` =
 //! - the payload's JSON value when it parses as JSON (so `42` is a number, `"a"` a string);
 //! - else, if it is UTF-8, the payload as a JSON string (an empty payload gives `""`);
 //! - else `{"encoding":"base64","base64":"<RFC 4648, padded>"}` (a JSON payload of exactly this
@@ -18,7 +19,9 @@
 //! ([`SESSION_EXPIRY`]), so unacknowledged QoS 1 messages come again after a reconnect or
 //! restart. MQTT gives a message no stable id: one committed whose PUBACK was lost (crash, or
 //! the connection dropped between commit and ack) is redelivered and stored again under a new
-//! seq. A graceful stop acks all it committed before DISCONNECT, so it duplicates nothing.
+//! seq — unless the payload is a JSON object with a UUID `id` field, which then becomes the
+//! event's idempotency key and the redelivery returns the original seq. A graceful stop acks all
+//! it committed before DISCONNECT, so it duplicates nothing.
 //! QoS 0 messages are at most once: received but uncommitted ones are lost when the connection
 //! drops or the daemon stops. The broker bounds what it keeps for us (Mosquitto
 //! `max_queued_messages`, session expiry) and drops publishes over
@@ -341,7 +344,17 @@ pub fn to_event(topic: &str, payload: &[u8], max_event_bytes: usize) -> NewEvent
             payload.len()
         ));
     }
-    event(topic, KIND, data)
+    // A producer-chosen UUID `id` in a JSON object is the idempotency key: a redelivery after
+    // a crash then returns the original seq instead of storing the message twice.
+    let producer_id = data
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let mut new = event(topic, KIND, data);
+    if producer_id.is_some() {
+        new.id = producer_id;
+    }
+    new
 }
 
 /// JSON value, else JSON string, else base64 object (see the module doc).
