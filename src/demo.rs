@@ -56,6 +56,9 @@ pub struct DemoOptions {
     pub transport: Transport,
 }
 
+/// What restarts a stopped upstream: its address, data dir and broker URL (MQTT).
+type Stopped = (SocketAddr, PathBuf, Option<String>);
+
 /// The reference upstream, restartable on the same store and port.
 struct Upstream {
     addr: SocketAddr,
@@ -75,7 +78,11 @@ impl Upstream {
         let addr = listener.local_addr()?;
         let store = Arc::new(SinkStore::open(dir)?);
         let stop = CancellationToken::new();
-        let mut tasks = vec![tokio::spawn(serve_http(listener, store.clone(), stop.clone()))];
+        let mut tasks = vec![tokio::spawn(serve_http(
+            listener,
+            store.clone(),
+            stop.clone(),
+        ))];
         if let Some(url) = &broker {
             let opts = MqttServe {
                 url: url.clone(),
@@ -94,7 +101,7 @@ impl Upstream {
         })
     }
 
-    async fn stop(self) -> anyhow::Result<(SocketAddr, PathBuf, Option<String>)> {
+    async fn stop(self) -> anyhow::Result<Stopped> {
         self.stop.cancel();
         for task in self.tasks {
             task.await??;
@@ -104,7 +111,11 @@ impl Upstream {
     }
 }
 
-async fn start_relay(dir: &Path, ingest: SocketAddr, upstream: &Upstream) -> anyhow::Result<Daemon> {
+async fn start_relay(
+    dir: &Path,
+    ingest: SocketAddr,
+    upstream: &Upstream,
+) -> anyhow::Result<Daemon> {
     let mut config = Config {
         gateway_id: GATEWAY.into(),
         data_dir: dir.to_owned(),
@@ -140,7 +151,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         Transport::Mqtt => Some(Mosquitto::start(&tmp.path().join("mosquitto"), false)?),
         Transport::Http => None,
     };
-    let first = Upstream::start("127.0.0.1:0".parse()?, &sink_dir, broker.as_ref().map(Mosquitto::url)).await?;
+    let first = Upstream::start(
+        "127.0.0.1:0".parse()?,
+        &sink_dir,
+        broker.as_ref().map(Mosquitto::url),
+    )
+    .await?;
     let mut relay = start_relay(&relay_dir, "127.0.0.1:0".parse()?, &first).await?;
     let ingest = relay.ingest_addr;
     let via = match &broker {
@@ -169,7 +185,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
     let mut accepted: Vec<(u64, Uuid)> = Vec::with_capacity(total);
     let mut next = 0usize;
     let mut outages_done = 0u32;
-    let mut down_since: Option<(Instant, (SocketAddr, PathBuf, Option<String>))> = None;
+    let mut down_since: Option<(Instant, Stopped)> = None;
     let mut restarted = false;
     let mut last_progress = Instant::now();
     while next < samples.len() {
@@ -202,7 +218,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         }
         if !restarted && down_since.is_none() && now >= restart_at {
             relay.stop().await;
-            let up = upstream.as_ref().context("upstream down during the relay restart")?;
+            let up = upstream
+                .as_ref()
+                .context("upstream down during the relay restart")?;
             relay = start_relay(&relay_dir, ingest, up).await?;
             restarted = true;
             println!(
