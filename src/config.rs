@@ -309,7 +309,10 @@ impl Config {
                 mqtt.url.starts_with("mqtt://"),
                 "ingest.mqtt.url must start with mqtt://"
             );
-            ensure!(!mqtt.topics.is_empty(), "ingest.mqtt.topics must not be empty");
+            ensure!(
+                !mqtt.topics.is_empty(),
+                "ingest.mqtt.topics must not be empty"
+            );
         }
         let buf = &self.buffer;
         ensure!(

@@ -126,11 +126,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Probe { config } => {
             let config = load(config)?;
-            let stream = local_client::request(config.ingest.http.listen, Method::GET, "/v1/status", vec![])
-                .await
-                .ok()
-                .and_then(|(_, body)| serde_json::from_str::<StatusReport>(&body).ok())
-                .map(|r| r.stream);
+            let stream =
+                local_client::request(config.ingest.http.listen, Method::GET, "/v1/status", vec![])
+                    .await
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<StatusReport>(&body).ok())
+                    .map(|r| r.stream);
             match edge_relay::probe::probe(&config, stream).await {
                 Ok(report) => print!("{report}"),
                 Err(e) => {

@@ -117,11 +117,19 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(self.addr).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 anyhow::bail!("mosquitto exited at start ({status}); log:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                anyhow::bail!("mosquitto did not listen on {} within {START_TIMEOUT:?}; log:\n{}", self.addr, self.log());
+                anyhow::bail!(
+                    "mosquitto did not listen on {} within {START_TIMEOUT:?}; log:\n{}",
+                    self.addr,
+                    self.log()
+                );
             }
             std::thread::sleep(READY_POLL);
         }
@@ -177,7 +185,11 @@ impl Mosquitto {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 

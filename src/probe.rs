@@ -43,7 +43,11 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         .await
         .with_context(|| format!("connecting to {}", connector.describe()))?;
     let (version, server) = session.negotiated();
-    let _ = writeln!(out, "upstream: {}\nserver: {server}\nprotocol version: {version}", connector.describe());
+    let _ = writeln!(
+        out,
+        "upstream: {}\nserver: {server}\nprotocol version: {version}",
+        connector.describe()
+    );
     let tools = session.list_tools().await?;
     let mut problems = Vec::new();
     for (name, want) in [
@@ -57,7 +61,10 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
                 if missing.is_empty() {
                     let _ = writeln!(out, "tool {name}: ok");
                 } else {
-                    problems.push(format!("tool {name:?} input schema lacks {}", missing.join(", ")));
+                    problems.push(format!(
+                        "tool {name:?} input schema lacks {}",
+                        missing.join(", ")
+                    ));
                 }
                 if let Some(output) = &tool.output_schema
                     && !missing_properties(output, &["acked_seq"]).is_empty()

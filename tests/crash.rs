@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_relay::audit::audit;
+use edge_relay::local_client;
 use edge_relay::mosquitto::Mosquitto;
 use edge_relay::sink::SinkStore;
-use support::mcp_mqtt::{MqttSink, SERVER_NAME};
-use edge_relay::local_client;
 use hyper::Method;
 use serde_json::Value;
+use support::mcp_mqtt::{MqttSink, SERVER_NAME};
 use support::*;
 use uuid::Uuid;
 
@@ -101,7 +101,10 @@ async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once_mqtt(
 /// Runs the real binary with `upstream` (the `[upstream]` keys), `kill -9`s it four times while
 /// a producer posts 3,000 events, and audits the upstream's `store`.
 async fn crash_loop(dir: &Path, upstream: &str, store: &SinkStore) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config_path = dir.join("edge-relay.toml");
     std::fs::write(
         &config_path,
@@ -145,7 +148,10 @@ async fn crash_loop(dir: &Path, upstream: &str, store: &SinkStore) {
     let stream = stream.unwrap();
     let deadline = Instant::now() + WAIT;
     while store.cursor("crash-gw", stream).await.unwrap().acked_seq != Some(last) {
-        assert!(Instant::now() < deadline, "upstream never reached seq {last}");
+        assert!(
+            Instant::now() < deadline,
+            "upstream never reached seq {last}"
+        );
         tokio::time::sleep(RETRY_PAUSE).await;
     }
     child.kill().unwrap();

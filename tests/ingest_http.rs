@@ -20,7 +20,14 @@ fn dead_upstream() -> std::net::SocketAddr {
 }
 
 /// `(case, body, status, index, field, text in the error)`.
-type BadInput = (&'static str, String, u16, Option<u64>, Option<&'static str>, &'static str);
+type BadInput = (
+    &'static str,
+    String,
+    u16,
+    Option<u64>,
+    Option<&'static str>,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_naming_the_problem_and_stores_nothing() {

@@ -22,16 +22,32 @@ fn messages(range: std::ops::Range<u64>) -> (Vec<(String, Vec<u8>)>, Vec<Uuid>) 
     let ids: Vec<Uuid> = range.clone().map(|_| Uuid::now_v7()).collect();
     let msgs = range
         .zip(&ids)
-        .map(|(n, id)| (TOPIC.to_owned(), json!({"id": id, "n": n}).to_string().into_bytes()))
+        .map(|(n, id)| {
+            (
+                TOPIC.to_owned(),
+                json!({"id": id, "n": n}).to_string().into_bytes(),
+            )
+        })
         .collect();
     (msgs, ids)
 }
 
 /// The upstream's events of `TOPIC`, checked: each published id exactly once, in publish order.
 fn assert_exactly_once_in_order(stored: &[Event], published: &[Uuid]) {
-    let got: Vec<Uuid> = stored.iter().filter(|e| e.source == TOPIC).map(|e| e.id).collect();
-    assert_eq!(got.len(), published.len(), "count (lost or duplicated events)");
-    assert_eq!(got, published, "exactly the published ids, in publish order");
+    let got: Vec<Uuid> = stored
+        .iter()
+        .filter(|e| e.source == TOPIC)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        got.len(),
+        published.len(),
+        "count (lost or duplicated events)"
+    );
+    assert_eq!(
+        got, published,
+        "exactly the published ids, in publish order"
+    );
     assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
@@ -116,7 +132,8 @@ async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
         all_ids.extend(ids);
         // Mid-stream: once the upstream holds some of this round, kill the daemon.
         let deadline = std::time::Instant::now() + WAIT;
-        let seen_round = |stored: &[Event]| stored.iter().filter(|e| e.source == TOPIC).count() as u64;
+        let seen_round =
+            |stored: &[Event]| stored.iter().filter(|e| e.source == TOPIC).count() as u64;
         loop {
             let streams = sink.store.streams().unwrap();
             let stored = streams
@@ -127,7 +144,10 @@ async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
             if seen_round(&stored) > round * 1000 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "no progress in round {round}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress in round {round}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         child.kill().unwrap();
@@ -137,12 +157,21 @@ async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
     // Everything arrives after the last restart.
     let deadline = std::time::Instant::now() + WAIT;
     let stored = loop {
-        let (g, s) = sink.store.streams().unwrap().into_iter().find(|(g, _)| g == "kill-gw").unwrap();
+        let (g, s) = sink
+            .store
+            .streams()
+            .unwrap()
+            .into_iter()
+            .find(|(g, _)| g == "kill-gw")
+            .unwrap();
         let stored = sink.store.events(&g, s).unwrap();
         if stored.iter().filter(|e| e.source == TOPIC).count() >= all_ids.len() {
             break stored;
         }
-        assert!(std::time::Instant::now() < deadline, "not everything arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not everything arrived"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     child.kill().unwrap();

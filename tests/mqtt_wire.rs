@@ -24,7 +24,10 @@ struct Seen {
 
 impl Seen {
     fn prop(&self, name: &str) -> Option<&str> {
-        self.props.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.props
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
         serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
@@ -79,7 +82,11 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     // A late subscriber still gets the server's presence: it is retained.
     let mut early = bystander(&broker.url()).await;
     let mut seen = Vec::new();
-    collect_until(&mut early, &mut seen, |s| s.iter().any(|m| m.topic.starts_with("$mcp-server/presence/"))).await;
+    collect_until(&mut early, &mut seen, |s| {
+        s.iter()
+            .any(|m| m.topic.starts_with("$mcp-server/presence/"))
+    })
+    .await;
     let late_presence = {
         let mut late = bystander(&broker.url()).await;
         let mut got = Vec::new();
@@ -87,11 +94,20 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
         late.disconnect().await;
         got.remove(0)
     };
-    assert!(late_presence.retain, "presence is retained: {late_presence:?}");
+    assert!(
+        late_presence.retain,
+        "presence is retained: {late_presence:?}"
+    );
     let (server_id, name) = topics::parse_presence(&late_presence.topic).expect("presence topic");
     assert_eq!(name, SERVER_NAME);
-    assert_eq!(late_presence.json()["method"], "notifications/server/online");
-    assert_eq!(late_presence.prop(topics::COMPONENT_TYPE), Some(topics::SERVER));
+    assert_eq!(
+        late_presence.json()["method"],
+        "notifications/server/online"
+    );
+    assert_eq!(
+        late_presence.prop(topics::COMPONENT_TYPE),
+        Some(topics::SERVER)
+    );
     assert_eq!(late_presence.prop(topics::MQTT_CLIENT_ID), Some(server_id));
     let server_id = server_id.to_owned();
 
@@ -101,7 +117,11 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     assert_eq!(code, 200);
     drained(&relay).await;
     relay.stop().await; // graceful: notifications/disconnected on the client presence topic
-    collect_until(&mut early, &mut seen, |s| s.iter().any(|m| m.topic.starts_with("$mcp-client/presence/"))).await;
+    collect_until(&mut early, &mut seen, |s| {
+        s.iter()
+            .any(|m| m.topic.starts_with("$mcp-client/presence/"))
+    })
+    .await;
 
     let init = seen
         .iter()
@@ -109,15 +129,36 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
         .expect("an initialize request");
     assert_eq!(init.topic, topics::server_control(&server_id, SERVER_NAME));
     assert_eq!(init.prop(topics::COMPONENT_TYPE), Some(topics::CLIENT));
-    let client_id = init.prop(topics::MQTT_CLIENT_ID).expect("MCP-MQTT-CLIENT-ID").to_owned();
+    let client_id = init
+        .prop(topics::MQTT_CLIENT_ID)
+        .expect("MCP-MQTT-CLIENT-ID")
+        .to_owned();
     let rpc = topics::rpc(&client_id, &server_id, SERVER_NAME);
     let on_rpc: Vec<&Seen> = seen.iter().filter(|m| m.topic == rpc).collect();
-    let from = |kind: &str| on_rpc.iter().filter(|m| m.prop(topics::COMPONENT_TYPE) == Some(kind)).count();
-    assert!(from(topics::SERVER) >= 3, "initialize result, cursor and ingest answers: {on_rpc:#?}");
-    assert!(from(topics::CLIENT) >= 3, "initialized, edge_cursor and edge_ingest: {on_rpc:#?}");
-    assert!(on_rpc.iter().any(|m| m.json()["method"] == "notifications/initialized"));
+    let from = |kind: &str| {
+        on_rpc
+            .iter()
+            .filter(|m| m.prop(topics::COMPONENT_TYPE) == Some(kind))
+            .count()
+    };
+    assert!(
+        from(topics::SERVER) >= 3,
+        "initialize result, cursor and ingest answers: {on_rpc:#?}"
+    );
+    assert!(
+        from(topics::CLIENT) >= 3,
+        "initialized, edge_cursor and edge_ingest: {on_rpc:#?}"
+    );
+    assert!(
+        on_rpc
+            .iter()
+            .any(|m| m.json()["method"] == "notifications/initialized")
+    );
     assert!(on_rpc.iter().all(|m| !m.retain));
-    let bye = seen.iter().find(|m| m.topic == topics::client_presence(&client_id)).unwrap();
+    let bye = seen
+        .iter()
+        .find(|m| m.topic == topics::client_presence(&client_id))
+        .unwrap();
     assert_eq!(bye.json()["method"], "notifications/disconnected");
     assert_eq!(bye.prop(topics::MQTT_CLIENT_ID), Some(client_id.as_str()));
 
@@ -141,7 +182,10 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    collect_until(&mut early, &mut watcher_seen, |s| s.iter().any(|m| m.json()["method"] == "initialize")).await;
+    collect_until(&mut early, &mut watcher_seen, |s| {
+        s.iter().any(|m| m.json()["method"] == "initialize")
+    })
+    .await;
     let dead_id = watcher_seen
         .iter()
         .find(|m| m.json()["method"] == "initialize")
@@ -150,26 +194,39 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
         .to_owned();
     // Let the session finish its handshake before the kill, so the will is the only goodbye.
     collect_until(&mut early, &mut watcher_seen, |s| {
-        s.iter().any(|m| m.json()["method"] == "notifications/initialized")
+        s.iter()
+            .any(|m| m.json()["method"] == "notifications/initialized")
     })
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
     collect_until(&mut early, &mut watcher_seen, |s| {
-        s.iter().any(|m| m.topic == topics::client_presence(&dead_id))
+        s.iter()
+            .any(|m| m.topic == topics::client_presence(&dead_id))
     })
     .await;
-    let will = watcher_seen.iter().find(|m| m.topic == topics::client_presence(&dead_id)).unwrap();
-    assert_eq!(will.json()["method"], "notifications/disconnected", "{will:?}");
+    let will = watcher_seen
+        .iter()
+        .find(|m| m.topic == topics::client_presence(&dead_id))
+        .unwrap();
+    assert_eq!(
+        will.json()["method"],
+        "notifications/disconnected",
+        "{will:?}"
+    );
     assert_eq!(will.prop(topics::COMPONENT_TYPE), Some(topics::CLIENT));
 
     // The server's graceful stop clears its retained presence (empty payload).
     sink.stop().await;
     collect_until(&mut early, &mut watcher_seen, |s| {
-        s.iter().any(|m| m.topic.starts_with("$mcp-server/presence/") && m.payload.is_empty())
+        s.iter()
+            .any(|m| m.topic.starts_with("$mcp-server/presence/") && m.payload.is_empty())
     })
     .await;
     let mut after = bystander(&broker.url()).await;
     let nothing = tokio::time::timeout(Duration::from_millis(300), after.recv()).await;
-    assert!(nothing.is_err(), "no retained presence is left: {nothing:?}");
+    assert!(
+        nothing.is_err(),
+        "no retained presence is left: {nothing:?}"
+    );
 }

@@ -28,7 +28,10 @@ async fn ten_thousand_events_over_mqtt_exactly_once_in_order() {
         all.extend(post_batch(&relay, "imu", 250).await);
     }
     drained(&relay).await;
-    let stored = sink.store.events("test-gw", relay.outbox.stats().stream).unwrap();
+    let stored = sink
+        .store
+        .events("test-gw", relay.outbox.stats().stream)
+        .unwrap();
     let result = audit(&all, &stored);
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 10_000);
@@ -57,11 +60,20 @@ async fn broker_and_upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
         all.extend(post_batch(&relay, "b", 300).await);
     }
     drained(&relay).await;
-    let stored = sink.store.events("test-gw", relay.outbox.stats().stream).unwrap();
+    let stored = sink
+        .store
+        .events("test-gw", relay.outbox.stats().stream)
+        .unwrap();
     let result = audit(&all, &stored);
     assert!(result.is_clean(), "{result}\n{}", broker.log());
     assert_eq!(result.delivered, 2400);
-    assert!(relay.status.report("test-gw", &relay.outbox.stats()).reconnects >= 5);
+    assert!(
+        relay
+            .status
+            .report("test-gw", &relay.outbox.stats())
+            .reconnects
+            >= 5
+    );
     relay.stop().await;
     sink.stop().await;
 }
@@ -84,7 +96,13 @@ async fn answer_lost_after_the_upstream_stored_the_batch_is_not_duplicated() {
     let result = audit(&all, &sink.store.events("test-gw", stream).unwrap());
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 20);
-    assert!(relay.status.report("test-gw", &relay.outbox.stats()).reconnects >= 2);
+    assert!(
+        relay
+            .status
+            .report("test-gw", &relay.outbox.stats())
+            .reconnects
+            >= 2
+    );
     relay.stop().await;
     sink.stop().await;
 }
@@ -110,8 +128,16 @@ async fn two_instances_of_one_server_name_the_relay_switches_when_one_goes_offli
     all.extend(post_batch(&relay, "c", 100).await);
     drained(&relay).await;
     let report = relay.status.report("test-gw", &relay.outbox.stats());
-    assert!(report.reconnects >= 2, "the relay switched instances: {report:?}");
-    let result = audit(&all, &store.events("test-gw", relay.outbox.stats().stream).unwrap());
+    assert!(
+        report.reconnects >= 2,
+        "the relay switched instances: {report:?}"
+    );
+    let result = audit(
+        &all,
+        &store
+            .events("test-gw", relay.outbox.stats().stream)
+            .unwrap(),
+    );
     assert!(result.is_clean(), "{result}");
     relay.stop().await;
     first.take().unwrap().stop().await;

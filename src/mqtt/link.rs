@@ -14,8 +14,7 @@ use bytes::Bytes;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
-    SubscribeReasonCode,
+    Filter, LastWill, LastWillProperties, Packet, Publish, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -87,7 +86,12 @@ pub struct LinkOptions {
     pub persistent_session: Option<u32>,
 }
 
-type Waiters = Arc<Mutex<(VecDeque<oneshot::Sender<Vec<SubscribeReasonCode>>>, HashMap<u16, oneshot::Sender<Vec<SubscribeReasonCode>>>)>>;
+type Waiters = Arc<
+    Mutex<(
+        VecDeque<oneshot::Sender<Vec<SubscribeReasonCode>>>,
+        HashMap<u16, oneshot::Sender<Vec<SubscribeReasonCode>>>,
+    )>,
+>;
 
 /// A live MQTT 5 connection (session expiry 0, clean start).
 pub struct Link {
@@ -134,9 +138,18 @@ impl Link {
         let mut user_properties = Vec::new();
         let mut connect_props = Vec::new();
         if let Some(component) = opts.component {
-            connect_props.push((super::topics::COMPONENT_TYPE.to_owned(), component.to_owned()));
-            user_properties.push((super::topics::COMPONENT_TYPE.to_owned(), component.to_owned()));
-            user_properties.push((super::topics::MQTT_CLIENT_ID.to_owned(), opts.client_id.clone()));
+            connect_props.push((
+                super::topics::COMPONENT_TYPE.to_owned(),
+                component.to_owned(),
+            ));
+            user_properties.push((
+                super::topics::COMPONENT_TYPE.to_owned(),
+                component.to_owned(),
+            ));
+            user_properties.push((
+                super::topics::MQTT_CLIENT_ID.to_owned(),
+                opts.client_id.clone(),
+            ));
         }
         if let Some(meta) = &opts.meta {
             connect_props.push((super::topics::META.to_owned(), meta.to_string()));
@@ -152,7 +165,13 @@ impl Link {
                 correlation_data: None,
                 user_properties: user_properties.clone(),
             };
-            mqtt.set_last_will(LastWill::new(topic.clone(), payload.clone(), QoS::AtLeastOnce, *retain, Some(props)));
+            mqtt.set_last_will(LastWill::new(
+                topic.clone(),
+                payload.clone(),
+                QoS::AtLeastOnce,
+                *retain,
+                Some(props),
+            ));
         }
         if let Some(password) = &opts.password {
             mqtt.set_credentials(opts.client_id.clone(), password.expose());
@@ -165,7 +184,13 @@ impl Link {
         let waiters: Waiters = Arc::default();
         let closed = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        tokio::spawn(drive(eventloop, tx, waiters.clone(), closed.clone(), reason.clone()));
+        tokio::spawn(drive(
+            eventloop,
+            tx,
+            waiters.clone(),
+            closed.clone(),
+            reason.clone(),
+        ));
         Ok(Link {
             publisher: Publisher {
                 client,
@@ -192,7 +217,12 @@ impl Link {
     ///
     /// # Errors
     /// A refused filter, no SUBACK within `timeout`, or a closed connection.
-    pub async fn subscribe(&self, filters: &[String], no_local: bool, timeout: Duration) -> Result<(), MqttError> {
+    pub async fn subscribe(
+        &self,
+        filters: &[String],
+        no_local: bool,
+        timeout: Duration,
+    ) -> Result<(), MqttError> {
         let request: Vec<Filter> = filters
             .iter()
             .map(|f| {
@@ -208,10 +238,18 @@ impl Link {
     ///
     /// # Errors
     /// A refused filter, no SUBACK within `timeout`, or a closed connection.
-    pub async fn subscribe_filters(&self, request: Vec<Filter>, timeout: Duration) -> Result<(), MqttError> {
+    pub async fn subscribe_filters(
+        &self,
+        request: Vec<Filter>,
+        timeout: Duration,
+    ) -> Result<(), MqttError> {
         let _order = self.subscribe_order.lock().await;
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).0.push_back(tx);
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .push_back(tx);
         let filters: Vec<String> = request.iter().map(|f| f.path.clone()).collect();
         self.publisher
             .client
@@ -247,7 +285,12 @@ impl Link {
     ///
     /// # Errors
     /// The connection is closed.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, retain: bool) -> Result<(), MqttError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        retain: bool,
+    ) -> Result<(), MqttError> {
         if self.closed.is_cancelled() {
             return Err(self.closed_error());
         }
@@ -361,7 +404,12 @@ impl Publisher {
     ///
     /// # Errors
     /// The connection is closed.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, retain: bool) -> Result<(), MqttError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        retain: bool,
+    ) -> Result<(), MqttError> {
         let props = PublishProperties {
             user_properties: self.user_properties.clone(),
             ..PublishProperties::default()
@@ -376,7 +424,12 @@ impl Publisher {
 async fn wait_connack(eventloop: &mut EventLoop) -> Result<Vec<(String, String)>, MqttError> {
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack.properties.map(|p| p.user_properties).unwrap_or_default()),
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                return Ok(ack
+                    .properties
+                    .map(|p| p.user_properties)
+                    .unwrap_or_default());
+            }
             Ok(_) => continue,
             Err(e) => return Err(MqttError::Connect(e.to_string())),
         }
@@ -408,7 +461,11 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let tx = waiters.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&ack.pkid);
+                let tx = waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .1
+                    .remove(&ack.pkid);
                 if let Some(tx) = tx {
                     let _ = tx.send(ack.return_codes);
                 }
@@ -436,8 +493,14 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        assert_eq!(parse_url("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884));
-        assert_eq!(parse_url("mqtt://broker/").unwrap(), ("broker".into(), 1883));
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_url("mqtt://broker/").unwrap(),
+            ("broker".into(), 1883)
+        );
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://:1").is_err());
         assert!(parse_url("mqtt://h:port").is_err());

@@ -105,13 +105,19 @@ mod tests {
         );
         assert_eq!(parse_presence("$mcp-server/presence/s1"), None);
         assert_eq!(presence_filter("edge/#"), "$mcp-server/presence/+/edge/#");
-        assert_eq!(server_control("s1", "edge/ingest"), "$mcp-server/s1/edge/ingest");
+        assert_eq!(
+            server_control("s1", "edge/ingest"),
+            "$mcp-server/s1/edge/ingest"
+        );
         let rpc_topic = rpc("c9", "s1", "edge/ingest");
         assert_eq!(rpc_topic, "$mcp-rpc/c9/s1/edge/ingest");
         assert_eq!(parse_rpc_client(&rpc_topic), Some("c9"));
         assert_eq!(parse_client_presence(&client_presence("c9")), Some("c9"));
         assert_eq!(client_capability("c9"), "$mcp-client/capability/c9");
-        assert_eq!(server_capability("s1", "a/b"), "$mcp-server/capability/s1/a/b");
+        assert_eq!(
+            server_capability("s1", "a/b"),
+            "$mcp-server/capability/s1/a/b"
+        );
     }
 
     #[test]
@@ -119,6 +125,10 @@ mod tests {
         assert!(valid_id("edge-relay-0193"));
         assert!(!valid_id("a/b") && !valid_id("a+") && !valid_id(""));
         assert!(valid_server_name("edge/ingest") && valid_server_name("ingest"));
-        assert!(!valid_server_name("edge/#") && !valid_server_name("/edge") && !valid_server_name("a//b"));
+        assert!(
+            !valid_server_name("edge/#")
+                && !valid_server_name("/edge")
+                && !valid_server_name("a//b")
+        );
     }
 }

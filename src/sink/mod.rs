@@ -36,7 +36,8 @@ pub async fn run(
         .with_context(|| format!("binding the sink on {listen}"))?;
     let streams = store.streams()?.len();
     log::info!(streams = streams; "sink store open in {}", data_dir.display());
-    let over_mqtt = mqtt.map(|opts| tokio::spawn(mqtt::serve_mqtt(opts, store.clone(), shutdown.clone())));
+    let over_mqtt =
+        mqtt.map(|opts| tokio::spawn(mqtt::serve_mqtt(opts, store.clone(), shutdown.clone())));
     serve_http(listener, store, shutdown).await?;
     if let Some(task) = over_mqtt {
         task.await??;

@@ -49,7 +49,11 @@ struct Client {
 ///
 /// # Errors
 /// Only a configuration error (bad URL or server name); connection failures are retried.
-pub async fn serve_mqtt(opts: MqttServe, store: Arc<SinkStore>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_mqtt(
+    opts: MqttServe,
+    store: Arc<SinkStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         topics::valid_server_name(&opts.server_name),
         "bad server name {:?}: use a hierarchical name like edge/ingest",
@@ -66,7 +70,9 @@ pub async fn serve_mqtt(opts: MqttServe, store: Arc<SinkStore>, shutdown: Cancel
                 name = suggested;
                 continue;
             }
-            Err(MqttError::Url(u)) => anyhow::bail!("bad MQTT URL {u:?}: expected mqtt://host[:port]"),
+            Err(MqttError::Url(u)) => {
+                anyhow::bail!("bad MQTT URL {u:?}: expected mqtt://host[:port]")
+            }
             Err(e) => e,
         };
         backoff.connection_lasted(started.elapsed());
@@ -95,7 +101,9 @@ async fn serve_once(
             url: opts.url.clone(),
             client_id: server_id.clone(),
             component: Some(topics::SERVER),
-            meta: Some(json!({"name": super::server::SERVER_NAME, "version": env!("CARGO_PKG_VERSION")})),
+            meta: Some(
+                json!({"name": super::server::SERVER_NAME, "version": env!("CARGO_PKG_VERSION")}),
+            ),
             will: Some((presence.clone(), Vec::new(), true)),
             password: opts.password.clone(),
             manual_acks: false,
@@ -113,7 +121,8 @@ async fn serve_once(
         return Ok(Some(suggested));
     }
     let control = topics::server_control(&server_id, name);
-    link.subscribe(std::slice::from_ref(&control), false, MQTT_TIMEOUT).await?;
+    link.subscribe(std::slice::from_ref(&control), false, MQTT_TIMEOUT)
+        .await?;
     let online = json!({"jsonrpc": "2.0", "method": "notifications/server/online",
         "params": {"server_name": name,
                    "description": "edge-relay reference upstream: edge_ingest and edge_cursor (DESIGN §2)",
@@ -135,7 +144,8 @@ async fn serve_once(
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         if topic == control {
             if let Some(cid) = sender_id(&publish) {
-                let client = open_session(&link, &server_id, name, &cid, store, &sessions, shutdown).await?;
+                let client =
+                    open_session(&link, &server_id, name, &cid, store, &sessions, shutdown).await?;
                 if client.inbox.deliver(&publish.payload).await {
                     clients.insert(cid, client);
                 }
@@ -179,14 +189,18 @@ fn sender_id(publish: &Publish) -> Option<String> {
         .find(|(k, _)| k == topics::MQTT_CLIENT_ID)
         .map(|(_, v)| v.clone());
     if id.as_deref().is_none_or(|id| !topics::valid_id(id)) {
-        log::warn!("sink: initialize without a valid {} user property; ignored", topics::MQTT_CLIENT_ID);
+        log::warn!(
+            "sink: initialize without a valid {} user property; ignored",
+            topics::MQTT_CLIENT_ID
+        );
         return None;
     }
     id
 }
 
 fn is_disconnected(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|v| v["method"] == "notifications/disconnected")
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .is_ok_and(|v| v["method"] == "notifications/disconnected")
 }
 
 /// Subscribes to the client's RPC (No Local), presence and capability topics before answering
@@ -202,13 +216,18 @@ async fn open_session(
 ) -> Result<Client, MqttError> {
     let rpc = topics::rpc(cid, server_id, name);
     link.subscribe(
-        &[rpc.clone(), topics::client_presence(cid), topics::client_capability(cid)],
+        &[
+            rpc.clone(),
+            topics::client_presence(cid),
+            topics::client_capability(cid),
+        ],
         true,
         MQTT_TIMEOUT,
     )
     .await?;
     let closed = shutdown.child_token();
-    let (transport, inbox) = MqttTransport::<RoleServer>::new(link.publisher(), None, rpc.clone(), closed.clone());
+    let (transport, inbox) =
+        MqttTransport::<RoleServer>::new(link.publisher(), None, rpc.clone(), closed.clone());
     let service = SinkService::new(store.clone());
     let ct = closed.clone();
     let client_id = cid.to_owned();
@@ -227,7 +246,11 @@ async fn open_session(
 async fn end_session(link: &Link, cid: &str, client: Option<Client>) {
     if let Some(client) = client {
         client.closed.cancel();
-        link.unsubscribe(&[client.rpc, topics::client_presence(cid), topics::client_capability(cid)])
-            .await;
+        link.unsubscribe(&[
+            client.rpc,
+            topics::client_presence(cid),
+            topics::client_capability(cid),
+        ])
+        .await;
     }
 }

@@ -42,7 +42,12 @@ pub struct ServerPresence {
 impl MqttConnector {
     /// A connector to the broker at `url` (`mqtt://host[:port]`) for servers matching
     /// `server_name_filter` (a name like `edge/ingest` or a filter like `edge/#`).
-    pub fn new(url: &str, server_name_filter: &str, password: Option<Secret>, gateway: &str) -> Self {
+    pub fn new(
+        url: &str,
+        server_name_filter: &str,
+        password: Option<Secret>,
+        gateway: &str,
+    ) -> Self {
         Self {
             url: url.to_owned(),
             server_name_filter: server_name_filter.to_owned(),
@@ -86,13 +91,17 @@ impl MqttConnector {
             .await
             .map_err(connect)?;
         let servers = discover(&mut link, timeout).await;
-        let server = servers
-            .choose(&mut rand::rng())
-            .cloned()
-            .ok_or_else(|| UplinkError::Connect(format!("no MCP server online for server-name filter {filter:?}")))?;
+        let server = servers.choose(&mut rand::rng()).cloned().ok_or_else(|| {
+            UplinkError::Connect(format!(
+                "no MCP server online for server-name filter {filter:?}"
+            ))
+        })?;
         let rpc = topics::rpc(&client_id, &server.id, &server.name);
         link.subscribe(
-            &[rpc.clone(), topics::server_capability(&server.id, &server.name)],
+            &[
+                rpc.clone(),
+                topics::server_capability(&server.id, &server.name),
+            ],
             true,
             timeout,
         )
@@ -189,7 +198,11 @@ async fn route(
     }
     drop(inbox);
     let _ = link
-        .publish(&topics::client_presence(&client_id), topics::DISCONNECTED, false)
+        .publish(
+            &topics::client_presence(&client_id),
+            topics::DISCONNECTED,
+            false,
+        )
         .await;
     link.disconnect().await;
 }
@@ -213,7 +226,9 @@ mod tests {
 
     #[test]
     fn presence_payloads() {
-        assert!(is_online(br#"{"jsonrpc":"2.0","method":"notifications/server/online","params":{}}"#));
+        assert!(is_online(
+            br#"{"jsonrpc":"2.0","method":"notifications/server/online","params":{}}"#
+        ));
         assert!(!is_online(b""));
         assert!(is_disconnected(topics::DISCONNECTED.as_bytes()));
         assert!(!is_disconnected(b"{}"));

@@ -1,8 +1,8 @@
 //! Shared test harness: the real reference upstream, the real relay, and an HTTP producer.
 #![allow(dead_code)]
 
-pub mod mosquitto;
 pub mod mcp_mqtt;
+pub mod mosquitto;
 pub mod proxy;
 
 use std::net::SocketAddr;
