@@ -120,7 +120,7 @@ pub struct BufferConfig {
     pub max_bytes: u64,
     /// Overflow policy. Default `reject`.
     pub overflow: Overflow,
-    /// sled page cache cap, bytes. Default 8 MiB.
+    /// sled page cache cap, bytes. Default 4 MiB.
     pub cache_bytes: u64,
     /// How many delivered events keep their `id` for producer idempotency. Default 100000.
     pub id_retention: u64,
@@ -212,7 +212,7 @@ impl Default for BufferConfig {
         Self {
             max_bytes: 512 * 1024 * 1024,
             overflow: Overflow::Reject,
-            cache_bytes: 8 * 1024 * 1024,
+            cache_bytes: 4 * 1024 * 1024,
             id_retention: 100_000,
         }
     }

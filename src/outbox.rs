@@ -4,7 +4,9 @@
 //! tree and every commit must move events, ids and counters together:
 //! - `e` + seq (u64 BE) → event as JSON;
 //! - `i` + id (16 bytes) → seq (u64 BE), producer idempotency;
-//! - `m` + name → meta value (`stream` UUID, u64 BE counters).
+//! - `m` + name → meta value (`stream` UUID, u64 BE counters);
+//! - `r` + seq (u64 BE) → ids (16 bytes each) of events deleted (acked or dropped) at or below
+//!   seq, so their `i` entries can be forgotten after `id_retention` without scanning the index.
 //!
 //! Writes go through the single [`writer::Writer`] task; reads (`batch_after`, `stats`) go to sled
 //! directly but never past the durable seq, so nothing un-fsynced ever leaves the gateway.
@@ -124,6 +126,7 @@ pub struct Outbox {
 pub(crate) const EVENT: u8 = b'e';
 pub(crate) const ID: u8 = b'i';
 pub(crate) const META: u8 = b'm';
+pub(crate) const RETIRED: u8 = b'r';
 
 pub(crate) fn event_key(seq: u64) -> [u8; 9] {
     let mut k = [EVENT; 9];
@@ -134,6 +137,12 @@ pub(crate) fn event_key(seq: u64) -> [u8; 9] {
 pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
     let mut k = [ID; 17];
     k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn retired_key(seq: u64) -> [u8; 9] {
+    let mut k = [RETIRED; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -156,10 +165,12 @@ impl Outbox {
     /// # Errors
     /// sled cannot open the directory (permissions, lock held by another process, corruption).
     pub fn open(dir: &Path, config: OutboxConfig) -> Result<(Outbox, Writer), OutboxError> {
+        // sled's background flush stays on: every 500 ms it cleans segments and makes the only
+        // real fsync sled does (`flush` uses sync_file_range on Linux). `Mode` is left out:
+        // sled 0.34 stores it but never reads it.
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::LowSpace)
             .open()?;
         let tree = db.open_tree("outbox")?;
         let stats = writer::load_or_init(&tree)?;

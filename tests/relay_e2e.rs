@@ -77,13 +77,7 @@ async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
     let result = audit(&all, &stored);
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 2000);
-    assert!(
-        relay
-            .status
-            .report("test-gw", &relay.outbox.stats())
-            .reconnects
-            >= 5
-    );
+    assert!(report(&relay).reconnects >= 5);
     relay.stop().await;
 }
 
@@ -117,13 +111,7 @@ async fn lost_answer_is_resent_without_duplicates() {
     // The upstream had stored the batch: the relay resumed after the upstream's cursor.
     let cursor = sink.store.cursor("test-gw", stream).await.unwrap();
     assert_eq!(cursor.acked_seq, Some(20));
-    assert!(
-        relay
-            .status
-            .report("test-gw", &relay.outbox.stats())
-            .reconnects
-            >= 2
-    );
+    assert!(report(&relay).reconnects >= 2);
     relay.stop().await;
 }
 
@@ -140,7 +128,7 @@ async fn expired_session_gets_a_new_session_and_delivery_continues() {
     let (_, answer) = post(relay.ingest_addr, event("a", 2).to_string()).await;
     all.extend(accepted(&answer));
     drained(&relay).await;
-    let report = relay.status.report("test-gw", &relay.outbox.stats());
+    let report = report(&relay);
     assert!(report.reconnects >= 2, "{report:?}");
     assert_eq!(report.sessions_expired, 1, "{report:?}");
     let result = audit(&all, &sink.events("test-gw", relay.outbox.stats().stream));

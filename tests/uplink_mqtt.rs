@@ -67,13 +67,7 @@ async fn broker_and_upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
     let result = audit(&all, &stored);
     assert!(result.is_clean(), "{result}\n{}", broker.log());
     assert_eq!(result.delivered, 2400);
-    assert!(
-        relay
-            .status
-            .report("test-gw", &relay.outbox.stats())
-            .reconnects
-            >= 5
-    );
+    assert!(report(&relay).reconnects >= 5);
     relay.stop().await;
     sink.stop().await;
 }
@@ -96,13 +90,7 @@ async fn answer_lost_after_the_upstream_stored_the_batch_is_not_duplicated() {
     let result = audit(&all, &sink.store.events("test-gw", stream).unwrap());
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 20);
-    assert!(
-        relay
-            .status
-            .report("test-gw", &relay.outbox.stats())
-            .reconnects
-            >= 2
-    );
+    assert!(report(&relay).reconnects >= 2);
     relay.stop().await;
     sink.stop().await;
 }
@@ -127,7 +115,7 @@ async fn two_instances_of_one_server_name_the_relay_switches_when_one_goes_offli
     second.take().unwrap().stop().await;
     all.extend(post_batch(&relay, "c", 100).await);
     drained(&relay).await;
-    let report = relay.status.report("test-gw", &relay.outbox.stats());
+    let report = report(&relay);
     assert!(
         report.reconnects >= 2,
         "the relay switched instances: {report:?}"

@@ -124,6 +124,11 @@ pub fn event(source: &str, n: u64) -> Value {
     serde_json::json!({"id": Uuid::now_v7(), "source": source, "kind": "sensor", "data": {"n": n}})
 }
 
+/// The relay's `/v1/status` report (gateway `test-gw`).
+pub fn report(relay: &Daemon) -> edge_relay::status::StatusReport {
+    relay.status.report("test-gw", &relay.outbox.stats())
+}
+
 /// Waits (on the outbox's commit signal, bounded by [`WAIT`]) until everything is acknowledged.
 pub async fn drained(relay: &Daemon) {
     let mut changes = relay.outbox.watch();
