@@ -9,6 +9,8 @@ use anyhow::Context;
 
 /// Longest wait for a started broker to accept TCP connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ports tried before giving up on starting a broker.
+const START_ATTEMPTS: usize = 5;
 /// Pause between readiness checks of a starting broker.
 const READY_POLL: Duration = Duration::from_millis(20);
 /// Largest packet the broker accepts (it advertises it in CONNACK).
@@ -61,16 +63,24 @@ impl Mosquitto {
     /// # Errors
     /// As [`Mosquitto::start`] (a config Mosquitto refuses makes it exit: "did not listen").
     pub fn start_with(dir: &Path, persistence: bool, extra_config: &str) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut broker = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir: dir.to_owned(),
-            persistence,
-            extra_config: extra_config.to_owned(),
-            child: None,
-        };
-        broker.spawn()?;
-        Ok(broker)
+        // A free port found by binding port 0 can be taken by a parallel test before the broker
+        // binds it; then the broker exits and another one answers there. Retry on a new port.
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut broker = Self {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                dir: dir.to_owned(),
+                persistence,
+                extra_config: extra_config.to_owned(),
+                child: None,
+            };
+            match broker.spawn() {
+                Ok(()) => return Ok(broker),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
     }
 
     /// `mqtt://127.0.0.1:PORT`.
@@ -82,6 +92,7 @@ impl Mosquitto {
         let binary = find_binary()?;
         std::fs::create_dir_all(&self.dir)?;
         let log = self.dir.join("mosquitto.log");
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let mut conf = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\nmax_packet_size {MAX_PACKET_BYTES}\n\
              max_queued_messages {MAX_QUEUED_MESSAGES}\n\
@@ -116,7 +127,15 @@ impl Mosquitto {
             .context("starting mosquitto")?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(self.addr).is_err() {
+        // Ready = our own broker logged "running" (a connect alone could reach another broker
+        // that took the port) and the port accepts connections.
+        let running = || {
+            std::fs::read(&log).is_ok_and(|l| {
+                l.get(log_start..)
+                    .is_some_and(|new| new.windows(8).any(|w| w == b" running"))
+            })
+        };
+        while !running() || TcpStream::connect(self.addr).is_err() {
             if let Some(status) = self
                 .child
                 .as_mut()
