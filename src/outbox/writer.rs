@@ -349,6 +349,8 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes acknowledged events up to `upto` in chunks of [`SLED_BATCH_MAX_EVENTS`], each
+    /// carrying the cursor and counters as of its last event and a retired record of their ids.
     fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
         let upto = upto.min(self.stats.next_seq.saturating_sub(1));
         while self.stats.acked_seq < upto {
@@ -487,34 +489,36 @@ mod tests {
         }
     }
 
-    async fn open(dir: &Path, id_retention: u64) -> (Outbox, CancellationToken) {
-        let (outbox, writer) = Outbox::open(dir, config(id_retention)).unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(writer.run(stop.clone()));
-        (outbox, stop)
+    struct Running {
+        outbox: Outbox,
+        stop: CancellationToken,
+        writer: tokio::task::JoinHandle<()>,
     }
 
-    /// Closes the outbox and returns its raw tree (sled allows one opener per dir).
-    async fn raw(outbox: Outbox, stop: CancellationToken, dir: &Path) -> sled::Tree {
-        stop.cancel();
-        while outbox.append(vec![]).await.is_ok() {
-            tokio::task::yield_now().await;
+    fn open(dir: &Path, id_retention: u64) -> Running {
+        let (outbox, writer) = Outbox::open(dir, config(id_retention)).unwrap();
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(writer.run(stop.clone()));
+        Running {
+            outbox,
+            stop,
+            writer,
         }
-        drop(outbox);
-        // The writer task drops its sled handle right after refusing; wait for the dir lock.
-        for _ in 0..100 {
-            if let Ok(db) = sled::open(dir) {
-                return db.open_tree("outbox").unwrap();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("outbox dir still locked");
+    }
+
+    /// Stops the outbox and opens its raw tree (sled locks the dir until every handle is gone).
+    async fn raw(running: Running, dir: &Path) -> sled::Tree {
+        running.stop.cancel();
+        running.writer.await.unwrap();
+        drop(running.outbox);
+        sled::open(dir).unwrap().open_tree("outbox").unwrap()
     }
 
     #[tokio::test]
     async fn large_appends_and_acks_are_chunked_and_ids_forgotten_after_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, stop) = open(dir.path(), 100).await;
+        let running = open(dir.path(), 100);
+        let outbox = &running.outbox;
         let ids: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
         let events = ids.iter().enumerate().map(|(n, id)| ev(n, Some(*id)));
         let appended = outbox.append(events.collect()).await.unwrap();
@@ -533,7 +537,7 @@ mod tests {
             .unwrap();
         assert_eq!(again.assigned, [(951, ids[950]), (1001, ids[10])]);
 
-        let tree = raw(outbox, stop, dir.path()).await;
+        let tree = raw(running, dir.path()).await;
         assert_eq!(
             tree.scan_prefix([crate::outbox::EVENT]).count(),
             1,
@@ -552,9 +556,13 @@ mod tests {
     #[tokio::test]
     async fn an_append_cut_by_a_crash_is_rolled_back_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, stop) = open(dir.path(), 100).await;
-        outbox.append(vec![ev(1, None), ev(2, None)]).await.unwrap();
-        let tree = raw(outbox, stop, dir.path()).await;
+        let running = open(dir.path(), 100);
+        running
+            .outbox
+            .append(vec![ev(1, None), ev(2, None)])
+            .await
+            .unwrap();
+        let tree = raw(running, dir.path()).await;
         // First chunk of an unanswered append: seqs 3 and 4 without the counters.
         let lost = Uuid::new_v4();
         for (seq, id) in [(3, lost), (4, Uuid::new_v4())] {
@@ -566,7 +574,8 @@ mod tests {
         tree.flush().unwrap();
         drop(tree);
 
-        let (outbox, _stop) = open(dir.path(), 100).await;
+        let running = open(dir.path(), 100);
+        let outbox = &running.outbox;
         assert_eq!(outbox.stats().next_seq, 3);
         assert_eq!(outbox.batch_after(0, 10, 1 << 20).unwrap().len(), 2);
         // The producer retries with its id: it is stored, not answered with a seq never kept.
