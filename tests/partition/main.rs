@@ -1,0 +1,8 @@
+//! Network-partition simulation suite: every family drives faults against the relay and checks
+//! the same safety and liveness invariants against the upstream's own store (see README.md).
+
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod summary;
