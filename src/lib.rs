@@ -9,6 +9,7 @@
 //! - [`config`]: TOML config, defaults, `validate()`, `Secret`.
 //! - [`event`]: the event model and its validation.
 //! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results.
+//! - [`durable`]: sled flush plus the filesystem sync sled leaves out.
 //! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
 //! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
 //! - [`relay`]: the delivery loop, reconnect and backoff.
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod config;
 pub mod contract;
 pub mod demo;
+pub mod durable;
 pub mod event;
 pub mod http_serve;
 pub mod ingest;

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::config::Overflow;
+use crate::durable::FsSync;
 use crate::event::{Event, NewEvent};
 
 pub use writer::Writer;
@@ -165,9 +166,9 @@ impl Outbox {
     /// # Errors
     /// sled cannot open the directory (permissions, lock held by another process, corruption).
     pub fn open(dir: &Path, config: OutboxConfig) -> Result<(Outbox, Writer), OutboxError> {
-        // sled's background flush stays on: every 500 ms it cleans segments and makes the only
-        // real fsync sled does (`flush` uses sync_file_range on Linux). `Mode` is left out:
-        // sled 0.34 stores it but never reads it.
+        // sled's own `flush` is not a real fsync on Linux: every group commit ends in
+        // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
+        // reads it.
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_bytes)
@@ -176,7 +177,8 @@ impl Outbox {
         let stats = writer::load_or_init(&tree)?;
         let (stats_tx, stats_rx) = watch::channel(stats);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let w = Writer::new(db, tree.clone(), config, stats, rx, stats_tx);
+        let sync = FsSync::open(dir).map_err(sled::Error::from)?;
+        let w = Writer::new(db, sync, tree.clone(), config, stats, rx, stats_tx);
         Ok((
             Outbox {
                 tree,

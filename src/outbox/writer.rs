@@ -27,6 +27,7 @@ use super::{
     meta_key, retired_key,
 };
 use crate::config::Overflow;
+use crate::durable::FsSync;
 use crate::event::{NewEvent, now_rfc3339};
 
 /// Most events applied in one sled batch.
@@ -43,6 +44,7 @@ const PRUNE_SCAN_PER_ACK: usize = 8192;
 /// The writer task; run it with [`Writer::run`].
 pub struct Writer {
     db: sled::Db,
+    sync: FsSync,
     tree: sled::Tree,
     config: OutboxConfig,
     stats: OutboxStats,
@@ -152,6 +154,7 @@ fn put_counters(batch: &mut sled::Batch, s: &OutboxStats) {
 impl Writer {
     pub(super) fn new(
         db: sled::Db,
+        sync: FsSync,
         tree: sled::Tree,
         config: OutboxConfig,
         stats: OutboxStats,
@@ -161,6 +164,7 @@ impl Writer {
         let ids_stored = tree.scan_prefix([ID]).count() as u64;
         Self {
             db,
+            sync,
             tree,
             config,
             stats,
@@ -190,7 +194,7 @@ impl Writer {
                 None => break,
             }
         }
-        if let Err(e) = self.db.flush_async().await {
+        if let Err(e) = self.sync.flush(&self.db).await {
             log::error!(error:% = e; "final outbox flush failed");
         }
         log::info!(next_seq = self.stats.next_seq, acked_seq = self.stats.acked_seq; "outbox writer stopped");
@@ -210,7 +214,7 @@ impl Writer {
                 next = self.commands.try_recv().ok();
             }
         }
-        let flushed = self.db.flush_async().await;
+        let flushed = self.sync.flush(&self.db).await;
         if let Err(e) = &flushed {
             log::error!(error:% = e; "outbox fsync failed; answering the group with an error");
         } else {

@@ -10,6 +10,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
 
 use crate::contract::{Ack, Gap, IngestArgs};
+use crate::durable::FsSync;
 use crate::event::Event;
 use crate::sink::keys::{
     NO_ACK, StreamRecord, decode_u64, key_seq, parse_stream_key, seq_key, stream_key,
@@ -61,6 +62,7 @@ pub struct SinkStats {
 /// Every [`Ack`] it returns describes state that was fsynced before the call returned.
 pub struct SinkStore {
     db: sled::Db,
+    sync: FsSync,
     streams: sled::Tree,
     events: sled::Tree,
     gaps: sled::Tree,
@@ -90,7 +92,12 @@ impl SinkStore {
                 path: dir.to_owned(),
                 source,
             })?;
+        let sync = FsSync::open(dir).map_err(|e| SinkError::Open {
+            path: dir.to_owned(),
+            source: e.into(),
+        })?;
         Ok(SinkStore {
+            sync,
             streams: db.open_tree("streams")?,
             events: db.open_tree("events")?,
             gaps: db.open_tree("gaps")?,
@@ -164,7 +171,7 @@ impl SinkStore {
                 })?;
         }
         // Also covers a duplicate-only batch: an earlier call's failed fsync must not be acked.
-        self.db.flush_async().await?;
+        self.sync.flush(&self.db).await?;
 
         let duplicates = args.events.len() - fresh.len();
         {
@@ -192,7 +199,7 @@ impl SinkStore {
     pub async fn cursor(&self, gateway: &str, stream: Uuid) -> Result<Ack, SinkError> {
         let skey = stream_key(gateway, stream);
         let _guard = self.lock(&skey).lock().await;
-        self.db.flush_async().await?;
+        self.sync.flush(&self.db).await?;
         Ok(self.record(&skey)?.map_or(NO_ACK, |record| record.ack()))
     }
 
