@@ -12,6 +12,7 @@
 //! - [`durable`]: sled flush plus the filesystem sync sled leaves out.
 //! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
 //! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
+//! - [`inspect`]: `edge-relay inspect`, an offline look at a data dir.
 //! - [`relay`]: the delivery loop, reconnect and backoff.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
@@ -33,6 +34,7 @@ pub mod durable;
 pub mod event;
 pub mod http_serve;
 pub mod ingest;
+pub mod inspect;
 pub mod local_client;
 pub mod logging;
 pub mod mosquitto;

@@ -64,6 +64,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7878")]
         addr: SocketAddr,
     },
+    /// Offline look at a data dir (the daemon must be stopped): counters, disk use and the
+    /// oldest backlog events as NDJSON.
+    Inspect {
+        /// TOML config file whose `data_dir` to inspect; without it every key has its default.
+        #[arg(long, short, env = "EDGE_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Inspect this directory instead of the config's `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How many of the oldest backlog events to print.
+        #[arg(long, default_value_t = 0)]
+        events: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configured upstream: initialize, list its tools, check the contract, print
     /// this gateway's cursor (asked from the running daemon's stream). Non-zero exit if unmet.
     Probe {
@@ -138,6 +154,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     eprintln!("error: {e:#}");
                     return Ok(ExitCode::FAILURE);
                 }
+            }
+        }
+        Command::Inspect {
+            config,
+            data_dir,
+            events,
+            json,
+        } => {
+            let dir = match data_dir {
+                Some(dir) => dir,
+                None => load(config)?.data_dir,
+            };
+            let seen = edge_relay::inspect::inspect(&dir, events)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&seen)?);
+            } else {
+                print!("{seen}");
             }
         }
         Command::CheckConfig { file } => {
