@@ -58,18 +58,21 @@ impl FsSync {
     /// Flushes `db` and then fsyncs what sled left unsynced; only after `Ok` is every write made
     /// to `db` before the call on stable storage.
     ///
+    /// Runs on tokio's blocking pool, not sled's `flush_async` thread: tokio cannot see sled's
+    /// threads, so under a paused clock (tokio tests, the turmoil simulation) the runtime would
+    /// look idle and jump time ahead mid-fsync; on its own blocking pool the clock waits.
+    ///
     /// # Errors
-    /// sled's flush failed, or a sync did (`sled::Error::Io`, e.g. EIO from the device).
+    /// sled's flush failed, or a sync did (`sled::Error::Io`, e.g. EIO from the device), or the
+    /// blocking task could not run (runtime shutting down).
     pub async fn flush(&self, db: &sled::Db) -> sled::Result<()> {
-        db.flush_async().await?;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.sync())
+        let (db, this) = (db.clone(), self.clone());
+        tokio::task::spawn_blocking(move || this.flush_blocking(&db))
             .await
-            .map_err(io::Error::other)??;
-        Ok(())
+            .map_err(|e| sled::Error::Io(io::Error::other(format!("fsync task: {e}"))))?
     }
 
-    /// Blocking [`FsSync::flush`], for open and close paths outside the runtime's hot loop.
+    /// Blocking [`FsSync::flush`], for threads that may block.
     ///
     /// # Errors
     /// As [`FsSync::flush`].
