@@ -9,6 +9,7 @@
 //! - [`config`]: TOML config, defaults, `validate()`, `Secret`.
 //! - [`event`]: the event model and its validation.
 //! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results.
+//! - `durable`: fsync of sled on tokio's blocking pool (visible to a paused clock).
 //! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
 //! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
 //! - [`relay`]: the delivery loop, reconnect and backoff.
@@ -17,7 +18,7 @@
 //! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
-//! - [`http_serve`]: the shared HTTP/1.1 accept loop.
+//! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
 //! - [`probe`]: `edge-relay probe`, the contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`local_client`]: the CLI's HTTP client to a running daemon.
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod config;
 pub mod contract;
 pub mod demo;
+mod durable;
 pub mod event;
 pub mod http_serve;
 pub mod ingest;

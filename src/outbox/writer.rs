@@ -1,8 +1,8 @@
 //! The outbox's single writer: group commit (apply batches, one fsync, then answer everyone).
 //
 // Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group,
-// and applied as sled batches; then one `flush_async` makes the whole group durable and only then
-// are the producers answered and the durable seq published to readers.
+// and applied as sled batches; then one fsync (`durable::flush`) makes the whole group durable
+// and only then are the producers answered and the durable seq published to readers.
 //
 // No sled batch holds more than `SLED_BATCH_MAX_EVENTS` events: sled 0.34 keeps every tree node
 // version a batch replaces alive until the batch ends, and the heap does not shrink back (a 1M
@@ -190,7 +190,7 @@ impl Writer {
                 None => break,
             }
         }
-        if let Err(e) = self.db.flush_async().await {
+        if let Err(e) = crate::durable::flush(&self.db).await {
             log::error!(error:% = e; "final outbox flush failed");
         }
         log::info!(next_seq = self.stats.next_seq, acked_seq = self.stats.acked_seq; "outbox writer stopped");
@@ -210,7 +210,7 @@ impl Writer {
                 next = self.commands.try_recv().ok();
             }
         }
-        let flushed = self.db.flush_async().await;
+        let flushed = crate::durable::flush(&self.db).await;
         if let Err(e) = &flushed {
             log::error!(error:% = e; "outbox fsync failed; answering the group with an error");
         } else {
