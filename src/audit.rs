@@ -5,6 +5,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
+use crate::contract::Gap;
 use crate::event::Event;
 
 /// Outcome of an audit; `Display` gives `produced=N delivered=N lost=0 duplicates=0 order=ok`.
@@ -47,12 +48,7 @@ impl fmt::Display for Audit {
 /// Audits `accepted` (`(seq, id)` as answered to producers, in answer order; repeats of an id
 /// are idempotent retries and count once) against `stored` (the upstream's events of the stream).
 pub fn audit(accepted: &[(u64, Uuid)], stored: &[Event]) -> Audit {
-    let mut seen = HashSet::new();
-    let produced: Vec<(u64, Uuid)> = accepted
-        .iter()
-        .copied()
-        .filter(|(_, id)| seen.insert(*id))
-        .collect();
+    let (produced, seen) = distinct(accepted);
     let mut stored_count: HashMap<Uuid, usize> = HashMap::new();
     for e in stored {
         *stored_count.entry(e.id).or_default() += 1;
@@ -83,6 +79,74 @@ pub fn audit(accepted: &[(u64, Uuid)], stored: &[Event]) -> Audit {
         lost: produced.len() - delivered,
         duplicates: extra_copies + strangers,
         order_ok,
+    }
+}
+
+/// `accepted` without idempotent repeats, in answer order, and the set of its ids.
+fn distinct(accepted: &[(u64, Uuid)]) -> (Vec<(u64, Uuid)>, HashSet<Uuid>) {
+    let mut seen = HashSet::new();
+    let produced = accepted
+        .iter()
+        .copied()
+        .filter(|(_, id)| seen.insert(*id))
+        .collect();
+    (produced, seen)
+}
+
+/// Outcome of [`audit_with_gaps`]: a stream where `drop_oldest` may have dropped events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapAudit {
+    /// As [`audit`], except that `lost` leaves out the dropped events below.
+    pub audit: Audit,
+    /// Accepted events not stored upstream whose seq lies in a reported gap.
+    pub dropped: usize,
+    /// Stored events whose seq lies in a reported gap (a gap that covers delivered events).
+    pub misreported: usize,
+}
+
+impl GapAudit {
+    /// Nothing lost outside the reported gaps, no duplicate, order kept, and no gap over a
+    /// stored event: every accepted event is either delivered or dropped in a reported gap.
+    pub fn is_clean(&self) -> bool {
+        let a = &self.audit;
+        a.lost == 0
+            && a.duplicates == 0
+            && a.order_ok
+            && self.misreported == 0
+            && a.delivered + self.dropped == a.produced
+    }
+}
+
+impl fmt::Display for GapAudit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} dropped={} misreported={}",
+            self.audit, self.dropped, self.misreported
+        )
+    }
+}
+
+/// [`audit`] for `overflow = "drop_oldest"`: an accepted event missing upstream counts as
+/// dropped, not lost, when its seq lies in one of the stream's reported `gaps`.
+pub fn audit_with_gaps(accepted: &[(u64, Uuid)], stored: &[Event], gaps: &[Gap]) -> GapAudit {
+    let in_gap = |seq: u64| {
+        gaps.iter()
+            .any(|g| (g.dropped_from..=g.dropped_to).contains(&seq))
+    };
+    let mut audit = audit(accepted, stored);
+    let stored_ids: HashSet<Uuid> = stored.iter().map(|e| e.id).collect();
+    let dropped = distinct(accepted)
+        .0
+        .iter()
+        .filter(|(seq, id)| !stored_ids.contains(id) && in_gap(*seq))
+        .count();
+    audit.lost -= dropped;
+    let misreported = stored.iter().filter(|e| in_gap(e.seq)).count();
+    GapAudit {
+        audit,
+        dropped,
+        misreported,
     }
 }
 
@@ -131,5 +195,37 @@ mod tests {
 
         let swapped = vec![ev(1, ids[1]), ev(2, ids[0]), ev(3, ids[2]), ev(4, ids[3])];
         assert!(!audit(&accepted, &swapped).order_ok);
+    }
+
+    #[test]
+    fn dropped_events_in_reported_gaps_are_not_lost() {
+        let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+        let accepted: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i as u64 + 1, *id))
+            .collect();
+        // Seqs 2..=3 dropped and reported; 5 missing without a gap.
+        let stored: Vec<_> = [0, 3, 5].iter().map(|&i| ev(i as u64 + 1, ids[i])).collect();
+        let gap = |from, to| Gap {
+            dropped_from: from,
+            dropped_to: to,
+        };
+        let a = audit_with_gaps(&accepted, &stored, &[gap(2, 3)]);
+        assert_eq!((a.dropped, a.audit.lost, a.misreported), (2, 1, 0));
+        assert!(!a.is_clean(), "{a}");
+
+        let a = audit_with_gaps(&accepted, &stored, &[gap(2, 3), gap(5, 5)]);
+        assert!(a.is_clean(), "{a}");
+        assert_eq!(
+            a.to_string(),
+            "produced=6 delivered=3 lost=0 duplicates=0 order=ok dropped=3 misreported=0"
+        );
+
+        // A gap over a delivered event is a wrong report, even if nothing is missing.
+        let a = audit_with_gaps(&accepted, &stored, &[gap(2, 5)]);
+        assert_eq!(a.misreported, 1);
+        assert!(!a.is_clean());
+        assert!(audit_with_gaps(&accepted, &stored, &[]).audit.lost == 3);
     }
 }

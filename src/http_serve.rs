@@ -1,16 +1,48 @@
 //! One HTTP/1.1 accept loop for every server of the crate (local ingest, reference upstream).
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Longest a client may take to send request headers before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `bind` side of the network seam: what [`serve`] accepts connections from.
+///
+/// Production uses tokio's [`TcpListener`]; the partition suite implements it for turmoil's
+/// simulated listener. Static dispatch, so the daemon pays nothing for the seam.
+pub trait Listener: Send + 'static {
+    /// An accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection; returns it with the peer's address.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
+    /// The bound address (for logs, and to learn the port after binding port 0).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // Small JSON-RPC answers must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
 
 /// Serves `service` on every connection accepted from `listener` until `shutdown`.
 ///
@@ -19,13 +51,14 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// them immediately, which is how the reference upstream simulates an abrupt stop. Returns
 /// only when every connection task has ended. An error on one connection is logged and never
 /// stops the loop; an accept error (e.g. EMFILE) is logged and retried after a short pause.
-pub async fn serve<S, B>(
-    listener: TcpListener,
+pub async fn serve<L, S, B>(
+    mut listener: L,
     service: S,
     shutdown: CancellationToken,
     drain: Duration,
     name: &'static str,
 ) where
+    L: Listener,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -48,7 +81,6 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let service = service.clone();
         let stop = conns.clone();
         let kill = kill.clone();

@@ -19,7 +19,7 @@
 //! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
-//! - [`http_serve`]: the shared HTTP/1.1 accept loop.
+//! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
 //! - [`probe`]: `edge-relay probe`, the contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`local_client`]: the CLI's HTTP client to a running daemon.

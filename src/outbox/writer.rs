@@ -1,8 +1,8 @@
 //! The outbox's single writer: group commit (apply batches, one fsync, then answer everyone).
 //
 // Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group,
-// and applied as sled batches; then one `flush_async` makes the whole group durable and only then
-// are the producers answered and the durable seq published to readers.
+// and applied as sled batches; then one fsync (`FsSync::flush`) makes the whole group durable
+// and only then are the producers answered and the durable seq published to readers.
 //
 // No sled batch holds more than `SLED_BATCH_MAX_EVENTS` events: sled 0.34 keeps every tree node
 // version a batch replaces alive until the batch ends, and the heap does not shrink back (a 1M

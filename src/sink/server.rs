@@ -16,7 +16,6 @@ use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabiliti
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -121,7 +120,8 @@ fn answer(
     }
 }
 
-/// Serves the sink's MCP endpoint at [`MCP_PATH`] on `listener` until `shutdown`.
+/// Serves the sink's MCP endpoint at [`MCP_PATH`] on `listener` (tokio's `TcpListener`, or any
+/// [`Listener`](crate::http_serve::Listener), e.g. a simulated one) until `shutdown`.
 ///
 /// Sessions are rmcp's stateful Streamable HTTP sessions (in memory: a restarted sink answers
 /// an old `Mcp-Session-Id` with 404). On `shutdown` it stops accepting, drops every open
@@ -133,7 +133,7 @@ fn answer(
 /// When the listener has no local address, or rmcp's tasks still hold the store after
 /// [`RELEASE_TIMEOUT`].
 pub async fn serve_http(
-    listener: TcpListener,
+    listener: impl crate::http_serve::Listener,
     store: Arc<SinkStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -189,6 +189,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use serde_json::{Value, json};
     use std::net::SocketAddr;
+    use tokio::net::TcpListener;
 
     /// One HTTP/1.1 POST (or GET when `body` is None) on a fresh connection.
     async fn send(

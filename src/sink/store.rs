@@ -200,7 +200,18 @@ impl SinkStore {
         let skey = stream_key(gateway, stream);
         let _guard = self.lock(&skey).lock().await;
         self.sync.flush(&self.db).await?;
-        Ok(self.record(&skey)?.map_or(NO_ACK, |record| record.ack()))
+        self.written_mark(gateway, stream)
+    }
+
+    /// The stream's mark as last written, without waiting for an ingest in flight or an fsync:
+    /// for monitors that must not block (the partition suite checks after every simulated tick
+    /// that the relay's cursor never passes it). Answer relays with [`SinkStore::cursor`].
+    ///
+    /// # Errors
+    /// [`SinkError::Storage`] or [`SinkError::Corrupt`].
+    pub fn written_mark(&self, gateway: &str, stream: Uuid) -> Result<Ack, SinkError> {
+        let record = self.record(&stream_key(gateway, stream))?;
+        Ok(record.map_or(NO_ACK, |record| record.ack()))
     }
 
     /// All stored events of a stream, in seq order (empty for an unknown stream).

@@ -7,7 +7,9 @@ use std::time::Duration;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
-use super::http_client::{HttpTimeouts, HyperHttpClient};
+use hyper_util::client::legacy::connect::Connect;
+
+use super::http_client::{DefaultConnector, HttpTimeouts, HyperHttpClient};
 use super::{Session, SessionConfig, UplinkError};
 use crate::config::Secret;
 use crate::relay::Connector;
@@ -16,10 +18,12 @@ use crate::relay::Connector;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens MCP sessions over Streamable HTTP (MCP 2025-06-18, Basic/Transports, Streamable HTTP).
-pub struct HttpConnector {
+///
+/// `C` is the TCP/TLS connector of its [`HyperHttpClient`] (the network seam).
+pub struct HttpConnector<C = DefaultConnector> {
     url: String,
     token: Option<Secret>,
-    client: HyperHttpClient,
+    client: HyperHttpClient<C>,
 }
 
 impl HttpConnector {
@@ -38,15 +42,22 @@ impl HttpConnector {
             connect: CONNECT_TIMEOUT,
             response_headers: request_timeout,
         })?;
-        Ok(Self {
-            url: url.to_owned(),
-            token,
-            client,
-        })
+        Ok(Self::with_client(url, token, client))
     }
 }
 
-impl Connector for HttpConnector {
+impl<C: Connect + Clone + Send + Sync + 'static> HttpConnector<C> {
+    /// A connector for the MCP endpoint `url` over an already built `client`.
+    pub fn with_client(url: &str, token: Option<Secret>, client: HyperHttpClient<C>) -> Self {
+        Self {
+            url: url.to_owned(),
+            token,
+            client,
+        }
+    }
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> Connector for HttpConnector<C> {
     fn connect(
         &self,
         config: SessionConfig,

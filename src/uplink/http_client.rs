@@ -9,7 +9,8 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, heade
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::common::http_header::{
@@ -90,20 +91,24 @@ impl Default for HttpTimeouts {
     }
 }
 
+/// The production connector: TCP by hyper-util's resolver, TLS by rustls for `https://`.
+pub type DefaultConnector = HttpsConnector<HttpConnector>;
+
 /// rmcp [`StreamableHttpClient`] on a pooled HTTP/1.1 hyper client for `http://` and `https://`
 /// (rustls, ring, webpki roots). Clones share the connection pool.
+///
+/// `C` is the `connect` side of the network seam: any hyper-util [`Connect`] (a tower
+/// `Service<Uri>`); [`HyperHttpClient::new`] uses [`DefaultConnector`], the partition suite a
+/// simulated network. Static dispatch, so the daemon pays nothing for the seam.
 #[derive(Clone)]
-pub struct HyperHttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+pub struct HyperHttpClient<C = DefaultConnector> {
+    inner: Client<C, Full<Bytes>>,
     timeouts: HttpTimeouts,
 }
 
 impl HyperHttpClient {
     /// Builds the client. Errors with [`HttpClientError::Config`] if a timeout is zero.
     pub fn new(timeouts: HttpTimeouts) -> Result<Self, HttpClientError> {
-        if timeouts.connect.is_zero() || timeouts.response_headers.is_zero() {
-            return Err(HttpClientError::Config("timeouts must be non-zero"));
-        }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeouts.connect));
@@ -114,7 +119,19 @@ impl HyperHttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new()).build(https);
+        Self::with_connector(https, timeouts)
+    }
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> HyperHttpClient<C> {
+    /// Builds the client over `connector`, which bounds its own connects (`timeouts.connect`
+    /// is applied by [`HyperHttpClient::new`]'s connector only). Errors with
+    /// [`HttpClientError::Config`] if a timeout is zero.
+    pub fn with_connector(connector: C, timeouts: HttpTimeouts) -> Result<Self, HttpClientError> {
+        if timeouts.connect.is_zero() || timeouts.response_headers.is_zero() {
+            return Err(HttpClientError::Config("timeouts must be non-zero"));
+        }
+        let inner = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self { inner, timeouts })
     }
 
@@ -333,7 +350,7 @@ fn sse_or_json(response: &Response<Incoming>) -> Result<bool, Error> {
 // rmcp's `legacy_discover_response` is not reproduced: it turns a legacy server's 4xx to a
 // `server/discover` probe (ClientLifecycleMode::Discover/Auto) into a JSON-RPC error so the
 // lifecycle can fall back. The uplink uses the `initialize` lifecycle (`ServiceExt::serve`).
-impl StreamableHttpClient for HyperHttpClient {
+impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperHttpClient<C> {
     type Error = HttpClientError;
 
     async fn post_message(
