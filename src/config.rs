@@ -239,9 +239,20 @@ fn default_gateway_id() -> String {
 }
 
 fn default_data_dir() -> PathBuf {
-    std::env::var_os("STATE_DIRECTORY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("./edge-relay-data"))
+    data_dir_from_state_directory(std::env::var_os("STATE_DIRECTORY").as_deref())
+}
+
+/// systemd's `$STATE_DIRECTORY` is a colon-separated list (one per `StateDirectory=` entry);
+/// the outbox lives in the first. Unset or empty: `./edge-relay-data`.
+fn data_dir_from_state_directory(state: Option<&std::ffi::OsStr>) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    state
+        .and_then(|s| s.as_bytes().split(|b| *b == b':').next())
+        .filter(|first| !first.is_empty())
+        .map_or_else(
+            || PathBuf::from("./edge-relay-data"),
+            |first| PathBuf::from(std::ffi::OsStr::from_bytes(first)),
+        )
 }
 
 impl Config {
@@ -356,6 +367,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn data_dir_defaults_to_the_first_state_directory() {
+        let dir = |s: Option<&str>| data_dir_from_state_directory(s.map(std::ffi::OsStr::new));
+        assert_eq!(
+            dir(Some("/var/lib/edge-relay")),
+            Path::new("/var/lib/edge-relay")
+        );
+        assert_eq!(dir(Some("/var/lib/a:/var/lib/b")), Path::new("/var/lib/a"));
+        assert_eq!(dir(Some("")), Path::new("./edge-relay-data"));
+        assert_eq!(dir(None), Path::new("./edge-relay-data"));
+    }
+
+    #[test]
     fn empty_file_is_all_defaults() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.ingest.http.listen.port(), 7878);
@@ -367,7 +390,8 @@ mod tests {
     fn example_config_is_valid() {
         let text = include_str!("../config/edge-relay.toml");
         let c = Config::from_toml(text).unwrap();
-        assert_eq!(c.gateway_id, "gw-01");
+        // Installed as /etc/edge-relay/edge-relay.toml on every gateway: the id stays the host's.
+        assert_eq!(c.gateway_id, Config::default().gateway_id);
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
 //! - [`probe`]: `edge-relay probe`, the contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`heartbeat`]: progress heartbeats of the relay and writer loops, the watchdog's verdict.
+//! - [`systemd`]: sd_notify `READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`.
 //! - [`local_client`]: the CLI's HTTP client to a running daemon.
 //! - [`demo`]: the end-to-end demo on the Daphnet recording.
 //! - [`logging`]: journald or stderr.
@@ -32,6 +34,7 @@ pub mod contract;
 pub mod demo;
 pub mod durable;
 pub mod event;
+pub mod heartbeat;
 pub mod http_serve;
 pub mod ingest;
 pub mod inspect;
@@ -45,6 +48,7 @@ pub mod relay;
 pub mod shutdown;
 pub mod sink;
 pub mod status;
+pub mod systemd;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -55,6 +59,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use config::{Config, Secret, Transport};
+use heartbeat::{Heartbeat, Watchdog};
 use outbox::{Outbox, OutboxConfig};
 use relay::{Connector, Relay};
 use status::StatusBoard;
@@ -68,6 +73,8 @@ pub struct Daemon {
     pub outbox: Outbox,
     /// The relay's status board.
     pub status: Arc<StatusBoard>,
+    /// Heartbeats of the relay and writer loops.
+    pub heartbeats: Vec<Heartbeat>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -83,6 +90,19 @@ pub async fn start(
     config: Config,
     connector: Option<Box<dyn Connector>>,
 ) -> anyhow::Result<Daemon> {
+    start_watched(config, connector, None).await
+}
+
+/// As [`start`], with the relay and writer loops ticking for a watchdog of `watchdog` (the
+/// systemd interval), so that an idle but healthy loop still beats its [`Heartbeat`].
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_watched(
+    config: Config,
+    connector: Option<Box<dyn Connector>>,
+    watchdog: Option<std::time::Duration>,
+) -> anyhow::Result<Daemon> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -97,6 +117,13 @@ pub async fn start(
         None => build_connector(&config)?,
     };
     let status = Arc::new(StatusBoard::default());
+    let relay_beat = Heartbeat::new(
+        "relay",
+        watchdog,
+        relay::longest_turn(config.relay.request_timeout()),
+    );
+    let writer_beat = Heartbeat::new("writer", watchdog, std::time::Duration::ZERO);
+    let writer = writer.with_heartbeat(writer_beat.clone());
     let stats = outbox.stats();
     log::info!(gateway = config.gateway_id.as_str(), stream:% = stats.stream, next_seq = stats.next_seq,
         acked_seq = stats.acked_seq, backlog = stats.backlog_events;
@@ -136,7 +163,8 @@ pub async fn start(
         config.relay.clone(),
         session,
         connector,
-    );
+    )
+    .with_heartbeat(relay_beat.clone());
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         // The writer outlives ingest and relay so that what they queued is committed.
@@ -158,6 +186,7 @@ pub async fn start(
         ingest_addr,
         outbox,
         status,
+        heartbeats: vec![relay_beat, writer_beat],
         shutdown,
         task,
     })
@@ -208,14 +237,33 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).
+/// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`), speaking the
+/// systemd notify protocol when `NOTIFY_SOCKET` is set: `READY=1` once the store is open and
+/// the listener bound, `STATUS=` and heartbeat-driven `WATCHDOG=1` while running, `STOPPING=1`
+/// when shutdown begins.
 ///
 /// # Errors
 /// As [`start`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let daemon = start(config, None).await?;
+    let interval = systemd::watchdog_interval();
+    let gateway = config.gateway_id.clone();
+    let daemon = start_watched(config, None, interval).await?;
+    let watchdog = interval.map(|i| Watchdog::new(i, daemon.heartbeats.clone()));
+    let notifier = systemd::Notifier::new(
+        daemon.status.clone(),
+        daemon.outbox.clone(),
+        &gateway,
+        watchdog,
+    );
+    notifier.ready();
+    let notifier = tokio::spawn(notifier.run(shutdown.clone()));
     shutdown.cancelled().await;
-    log::info!("shutting down");
+    // The notifier has returned before STOPPING=1, so no ping or status follows it.
+    let _ = notifier.await;
+    systemd::stopping();
+    let stats = daemon.outbox.stats();
+    log::info!(gateway = gateway.as_str(), stream:% = stats.stream, backlog = stats.backlog_events,
+        acked_seq = stats.acked_seq; "shutting down");
     daemon.stop().await;
     Ok(())
 }

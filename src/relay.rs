@@ -17,10 +17,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::contract::{CursorArgs, Gap, IngestArgs};
+use crate::heartbeat::Heartbeat;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::{StatusBoard, UpstreamState};
-use crate::uplink::{Session, SessionConfig, UplinkError};
+use crate::uplink::{CLOSE_TIMEOUT, Session, SessionConfig, UplinkError};
 use backoff::Backoff;
+
+/// Longest an in-flight exchange (the `edge_cursor` or `edge_ingest` call) may run on after
+/// shutdown starts; then it is abandoned, which is safe: the upstream keeps what it stored and
+/// the next start resends from its cursor. Bounds the stop time whatever `request_timeout_ms` is.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest one turn of the loop waits on the network by its own timeouts: an MQTT connect is
+/// up to five exchanges of `request_timeout` (connect, two subscribes, discovery, initialize),
+/// plus closing the previous session. The watchdog allows a silent relay this long.
+pub fn longest_turn(request_timeout: Duration) -> Duration {
+    request_timeout * 5 + CLOSE_TIMEOUT
+}
 
 /// Opens sessions to the upstream; the seam between the relay loop and a transport.
 pub trait Connector: Send + Sync + 'static {
@@ -55,6 +68,7 @@ pub struct Relay {
     config: RelayConfig,
     session: SessionConfig,
     connector: Box<dyn Connector>,
+    heartbeat: Heartbeat,
 }
 
 impl Relay {
@@ -74,7 +88,14 @@ impl Relay {
             config,
             session,
             connector,
+            heartbeat: Heartbeat::unwatched("relay"),
         }
+    }
+
+    /// Beats `heartbeat` on every turn of the loop (for the systemd watchdog).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
     }
 
     /// Delivers until `shutdown`. On shutdown an in-flight batch finishes (bounded by the
@@ -87,6 +108,7 @@ impl Relay {
         let upstream = self.connector.describe();
         let mut previous_expired = false;
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             self.status.set_upstream(UpstreamState::Connecting, None);
             let connected = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -95,10 +117,18 @@ impl Relay {
             let started = Instant::now();
             let outcome = match connected {
                 Ok(session) => {
+                    self.heartbeat.beat();
                     self.status.reconnected();
-                    log::info!(upstream = upstream.as_str(), server = session.server_name().as_str();
-                        "upstream session opened");
-                    let r = self.deliver(&session, &shutdown).await;
+                    log::info!(gateway = self.gateway.as_str(), upstream = upstream.as_str(),
+                        server = session.server_name().as_str(); "upstream session opened");
+                    let r = tokio::select! {
+                        r = self.deliver(&session, &shutdown) => r,
+                        () = abandon_after(&shutdown, SHUTDOWN_GRACE) => {
+                            log::warn!(gateway = self.gateway.as_str(), upstream = upstream.as_str();
+                                "shutdown: abandoned the in-flight exchange after {SHUTDOWN_GRACE:?}; it is resent after restart");
+                            Ok(())
+                        }
+                    };
                     session.close().await;
                     r
                 }
@@ -123,10 +153,11 @@ impl Relay {
             previous_expired = expired;
             self.status
                 .set_upstream(UpstreamState::Down, Some(format!("{err:#}")));
-            log::warn!(upstream = upstream.as_str(); "{err:#}; retry in {delay:?}");
+            log::warn!(gateway = self.gateway.as_str(), upstream = upstream.as_str(), error:% = err;
+                "{err:#}; retry in {delay:?}");
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
+                () = self.heartbeat.sleep(delay) => {}
             }
         }
         self.status.set_upstream(UpstreamState::Down, None);
@@ -165,6 +196,7 @@ impl Relay {
         log::info!(gateway = gateway, stream:% = stream, acked_seq = cursor; "resuming after the upstream's cursor");
         let mut changes = self.outbox.watch();
         loop {
+            self.heartbeat.beat();
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -187,6 +219,7 @@ impl Relay {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     r = changes.changed() => if r.is_err() { return Ok(()) },
+                    () = self.heartbeat.tick() => {}
                 }
                 continue;
             }
@@ -218,8 +251,15 @@ impl Relay {
             }
             self.outbox.ack(acked).await?;
             self.status.delivered(count.min(acked - cursor));
-            log::debug!(gateway = gateway, stream:% = stream, acked_seq = acked; "batch acknowledged");
+            log::debug!(gateway = gateway, stream:% = stream, seq = cursor + 1, last_seq = sent_to, acked_seq = acked;
+                "batch acknowledged");
             cursor = acked;
         }
     }
+}
+
+/// Resolves `grace` after `shutdown` was cancelled.
+async fn abandon_after(shutdown: &CancellationToken, grace: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(grace).await;
 }

@@ -151,6 +151,9 @@ impl IngestHttp {
         match self.outbox.append(events).await {
             Ok(appended) => {
                 let seqs: Vec<u64> = appended.assigned.iter().map(|(s, _)| *s).collect();
+                log::debug!(gateway = &*self.gateway, stream:% = self.outbox.stats().stream,
+                    seq = seqs.iter().min(), last_seq = seqs.iter().max(), events = seqs.len();
+                    "events committed");
                 let ids: Vec<String> = appended
                     .assigned
                     .iter()

@@ -29,6 +29,7 @@ use super::{
 use crate::config::Overflow;
 use crate::durable::FsSync;
 use crate::event::{NewEvent, now_rfc3339};
+use crate::heartbeat::Heartbeat;
 
 /// Most events applied in one sled batch.
 pub const SLED_BATCH_MAX_EVENTS: usize = 128;
@@ -53,6 +54,7 @@ pub struct Writer {
     prune_from: Option<Vec<u8>>,
     commands: mpsc::Receiver<Command>,
     published: watch::Sender<OutboxStats>,
+    heartbeat: Heartbeat,
 }
 
 enum Reply {
@@ -172,13 +174,21 @@ impl Writer {
             prune_from: None,
             commands,
             published,
+            heartbeat: Heartbeat::unwatched("writer"),
         }
+    }
+
+    /// Beats `heartbeat` on every turn of the loop (for the systemd watchdog).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
     }
 
     /// Runs until `shutdown`; then refuses new commands, commits the queued ones and returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut closing = false;
         loop {
+            self.heartbeat.beat();
             let cmd = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !closing => {
@@ -188,6 +198,7 @@ impl Writer {
                     continue;
                 }
                 cmd = self.commands.recv() => cmd,
+                () = self.heartbeat.tick() => continue,
             };
             match cmd {
                 Some(cmd) => self.commit_group(cmd).await,

@@ -3,6 +3,7 @@
 
 pub mod mcp_mqtt;
 pub mod mosquitto;
+pub mod process;
 pub mod proxy;
 
 use std::net::SocketAddr;
