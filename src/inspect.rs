@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::event::Event;
 use crate::outbox::{Outbox, OutboxConfig, OutboxStats};
@@ -15,18 +14,9 @@ use crate::outbox::{Outbox, OutboxConfig, OutboxStats};
 pub struct Inspection {
     /// The inspected directory.
     pub data_dir: PathBuf,
-    /// This store's stream UUID.
-    pub stream: Uuid,
-    /// Next seq to assign; everything below it is durable.
-    pub next_seq: u64,
-    /// Highest seq the upstream acknowledged (0: none).
-    pub acked_seq: u64,
-    /// Events stored and not yet acknowledged or dropped.
-    pub backlog_events: u64,
-    /// Their bytes as counted against `buffer.max_bytes` (keys + encoded values).
-    pub backlog_bytes: u64,
-    /// Events deleted by `drop_oldest` since the store was created.
-    pub dropped_events: u64,
+    /// The outbox counters as of its last fsync.
+    #[serde(flatten)]
+    pub stats: OutboxStats,
     /// Bytes of all files under the data dir (sled's files never shrink).
     pub disk_bytes: u64,
     /// The first backlog events, oldest first (as many as asked for).
@@ -60,27 +50,15 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
             dir.display()
         )
     })?;
-    let OutboxStats {
-        stream,
-        next_seq,
-        acked_seq,
-        backlog_events,
-        backlog_bytes,
-        dropped_events,
-    } = outbox.stats();
+    let stats = outbox.stats();
     let oldest = if events == 0 {
         Vec::new()
     } else {
-        outbox.batch_after(acked_seq, events, usize::MAX)?
+        outbox.batch_after(stats.acked_seq, events, usize::MAX)?
     };
     Ok(Inspection {
         data_dir: dir.to_owned(),
-        stream,
-        next_seq,
-        acked_seq,
-        backlog_events,
-        backlog_bytes,
-        dropped_events,
+        stats,
         disk_bytes: disk_bytes(dir)?,
         oldest,
     })
@@ -104,16 +82,17 @@ fn disk_bytes(dir: &Path) -> anyhow::Result<u64> {
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "data dir {}", self.data_dir.display())?;
-        writeln!(f, "stream {}", self.stream)?;
+        let s = &self.stats;
+        writeln!(f, "stream {}", s.stream)?;
         writeln!(
             f,
             "next_seq {} acked_seq {} dropped {}",
-            self.next_seq, self.acked_seq, self.dropped_events
+            s.next_seq, s.acked_seq, s.dropped_events
         )?;
         writeln!(
             f,
             "backlog {} events, {} bytes; {} bytes on disk",
-            self.backlog_events, self.backlog_bytes, self.disk_bytes
+            s.backlog_events, s.backlog_bytes, self.disk_bytes
         )?;
         for event in &self.oldest {
             writeln!(
@@ -164,7 +143,11 @@ mod tests {
         }
         let seen = inspect(dir.path(), 2).unwrap();
         assert_eq!(
-            (seen.next_seq, seen.acked_seq, seen.backlog_events),
+            (
+                seen.stats.next_seq,
+                seen.stats.acked_seq,
+                seen.stats.backlog_events
+            ),
             (6, 2, 3)
         );
         let seqs: Vec<u64> = seen.oldest.iter().map(|e| e.seq).collect();

@@ -89,7 +89,7 @@ pub struct Appended {
 }
 
 /// Counters of the outbox as of the last fsync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct OutboxStats {
     /// This store's stream UUID.
     pub stream: Uuid,
