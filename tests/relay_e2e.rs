@@ -85,7 +85,7 @@ async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
 async fn lost_answer_is_resent_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink")).await;
-    let proxy = proxy::CutProxy::start(sink.addr).await;
+    let proxy = fault_proxy::FaultProxy::start(sink.addr).await;
     let relay = start_relay(relay_config(
         &tmp.path().join("relay"),
         &format!("http://{}/mcp", proxy.addr),

@@ -5,4 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod proxy_families;
+mod proxy_modes;
+mod real_net;
 mod summary;
