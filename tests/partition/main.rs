@@ -2,9 +2,10 @@
 //! the same safety and liveness invariants against the upstream's own store (see README.md).
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
+mod crash_families;
+mod netns;
 mod proxy_families;
 mod proxy_modes;
 mod real_net;

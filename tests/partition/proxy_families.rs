@@ -193,7 +193,10 @@ async fn one_run(
             wait_subscribed(&url, PROBE_TOPIC).await;
             (None, Some(mqtt_producer(url, INGEST_TOPIC, seed, 30)))
         }
-        _ => (Some(http_producer(relay.ingest_addr, seed, 40)), None),
+        _ => (
+            Some(http_producer(relay.ingest_addr, seed, 40, 0..10)),
+            None,
+        ),
     };
 
     let mut schedule = Vec::new();

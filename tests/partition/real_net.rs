@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use edge_relay::audit::{Audit, audit};
+use edge_relay::audit::Audit;
 use edge_relay::event::Event;
 use edge_relay::local_client;
 use edge_relay::sink::SinkStore;
@@ -74,7 +74,31 @@ pub struct Producer<T> {
     task: JoinHandle<Vec<T>>,
 }
 
+/// Called by a producer after each batch answered "accepted".
+pub type Counted = Box<dyn Fn() + Send + Sync>;
+
 impl<T: Send + 'static> Producer<T> {
+    /// Runs `body(stopped, counted)` in a task: it produces until `stopped` is cancelled,
+    /// calls `counted()` after each accepted batch and returns what was accepted.
+    pub fn spawn<F, Fut>(body: F) -> Self
+    where
+        F: FnOnce(CancellationToken, Counted) -> Fut,
+        Fut: Future<Output = Vec<T>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counter = batches.clone();
+        let counted: Counted = Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let task = tokio::spawn(body(stop.clone(), counted));
+        Self {
+            stop,
+            batches,
+            task,
+        }
+    }
+
     /// Batches answered "accepted" so far.
     pub fn batches(&self) -> usize {
         self.batches.load(Ordering::SeqCst)
@@ -93,13 +117,16 @@ impl<T: Send + 'static> Producer<T> {
     }
 }
 
-/// Posts batches of 1..=`max_batch` events to the HTTP ingest at `addr`, retrying each batch
-/// (same ids) until it gets a 200; a 4xx is a failure. Returns `(seq, id)` as answered.
-pub fn http_producer(addr: SocketAddr, seed: u64, max_batch: u64) -> Producer<(u64, Uuid)> {
-    let stop = CancellationToken::new();
-    let batches = Arc::new(AtomicUsize::new(0));
-    let (stopped, counted) = (stop.clone(), batches.clone());
-    let task = tokio::spawn(async move {
+/// Posts batches of 1..=`max_batch` events to the HTTP ingest at `addr`, one every `pace_ms`
+/// (random in the range), retrying each batch (same ids) until it gets a 200; a 4xx is a
+/// failure. Returns `(seq, id)` as answered.
+pub fn http_producer(
+    addr: SocketAddr,
+    seed: u64,
+    max_batch: u64,
+    pace_ms: Range<u64>,
+) -> Producer<(u64, Uuid)> {
+    Producer::spawn(move |stopped, counted| async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut log = Vec::new();
         let mut n = 0;
@@ -112,33 +139,25 @@ pub fn http_producer(addr: SocketAddr, seed: u64, max_batch: u64) -> Producer<(u
                 match local_client::request(addr, Method::POST, "/v1/events", body.clone()).await {
                     Ok((200, text)) => {
                         log.extend(accepted(&serde_json::from_str(&text).unwrap()));
-                        counted.fetch_add(1, Ordering::SeqCst);
+                        counted();
                         break;
                     }
                     Ok((code, text)) if code < 500 => panic!("refused: {code} {text}"),
                     _ => tokio::time::sleep(RETRY_PAUSE).await,
                 }
             }
-            hold(&mut rng, 0..10).await;
+            hold(&mut rng, pace_ms.clone()).await;
         }
         log
-    });
-    Producer {
-        stop,
-        batches,
-        task,
-    }
+    })
 }
 
 /// Publishes batches of 1..=`max_batch` QoS 1 messages `{"id": uuid, "n": i}` on `topic`
 /// straight to the broker at `url`; every one must be PUBACKed with Success. Returns the ids
 /// in publish order.
 pub fn mqtt_producer(url: String, topic: &str, seed: u64, max_batch: u64) -> Producer<Uuid> {
-    let stop = CancellationToken::new();
-    let batches = Arc::new(AtomicUsize::new(0));
-    let (stopped, counted) = (stop.clone(), batches.clone());
     let topic = topic.to_owned();
-    let task = tokio::spawn(async move {
+    Producer::spawn(move |stopped, counted| async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut ids = Vec::new();
         while !stopped.is_cancelled() {
@@ -155,16 +174,11 @@ pub fn mqtt_producer(url: String, topic: &str, seed: u64, max_batch: u64) -> Pro
             let acked = publish_qos1(&url, "partition-producer", messages).await;
             assert_eq!(acked, size, "the broker PUBACKed {acked} of {size}");
             ids.extend(batch);
-            counted.fetch_add(1, Ordering::SeqCst);
+            counted();
             hold(&mut rng, 0..10).await;
         }
         ids
-    });
-    Producer {
-        stop,
-        batches,
-        task,
-    }
+    })
 }
 
 /// `(seq, id)` pairs for producers that are not told seqs (MQTT ingest): each id in publish
@@ -272,9 +286,4 @@ pub fn verdict(
         summary.family
     );
     summary.add_run(audit, faults, drain);
-}
-
-/// Audits `accepted` against the upstream's events of `stream`.
-pub fn audit_upstream(store: &SinkStore, stream: Uuid, accepted: &[(u64, Uuid)]) -> Audit {
-    audit(accepted, &store.events(GATEWAY, stream).unwrap())
 }
