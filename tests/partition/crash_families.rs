@@ -23,12 +23,15 @@ use crate::support::{Sink, WAIT, acked_at_least, drained_within, relay_config, s
 
 /// Kills of the relay daemon per family in CI; `PARTITION_CRASH_CYCLES` raises it.
 const CYCLES: u64 = 50;
-/// Kills of a peer (upstream, broker) per family in CI; `PARTITION_CRASH_PEER_CYCLES` raises it.
-const PEER_CYCLES: u64 = 25;
-/// Pace of the producer while a peer is killed, ms between batches of up to [`PEER_BATCH`]:
-/// slower than the relay delivers, so that the backlog stays small.
+/// Kills of the upstream process in CI; `PARTITION_CRASH_PEER_CYCLES` sets both peer families.
+const UPSTREAM_CYCLES: u64 = 35;
+/// Kills of Mosquitto in CI (50 peer kills with the upstream's). Fewer: after each, the sink's
+/// own MQTT reconnect backoff (capped at 5 s, reset only after 30 s healthy) paces a cycle.
+const BROKER_CYCLES: u64 = 15;
+/// Pace of the producer while a peer is killed (and of the MQTT relay family), ms between
+/// batches of up to [`PEER_BATCH`]: slower than the relay delivers, so the backlog stays small.
 const PEER_PACE_MS: std::ops::Range<u64> = 10..40;
-/// Largest producer batch while a peer is killed.
+/// Largest producer batch of a paced producer.
 const PEER_BATCH: u64 = 20;
 /// Kills per run (a run is one setup, one producer, one audit).
 const CYCLES_PER_RUN: u64 = 25;
@@ -177,7 +180,12 @@ async fn relay_family(name: &str, test: &str, mqtt: bool) {
         };
         let mut child = spawn();
         wait_listening(port, "the relay daemon").await;
-        let producer = http_producer(port, rng.random(), 40, 0..10);
+        // Over MQTT the relay delivers slower than a free-running producer posts: pace it.
+        let producer = if mqtt {
+            http_producer(port, rng.random(), PEER_BATCH, PEER_PACE_MS)
+        } else {
+            http_producer(port, rng.random(), 40, 0..10)
+        };
         let sampler = CursorSampler::start(
             move || async move { status(port).await.map(|s| (s.stream, s.acked_seq)) },
             store.clone(),
@@ -249,7 +257,7 @@ fn outbox_cursor(outbox: Outbox) -> impl Fn() -> std::future::Ready<Option<(Uuid
 async fn crash_upstream() {
     let mut rng = seeded("crash-upstream", "crash_upstream");
     let mut summary = FamilySummary::new("crash-upstream");
-    for (run, cycles) in runs("PARTITION_CRASH_PEER_CYCLES", PEER_CYCLES)
+    for (run, cycles) in runs("PARTITION_CRASH_PEER_CYCLES", UPSTREAM_CYCLES)
         .into_iter()
         .enumerate()
     {
@@ -300,7 +308,7 @@ async fn crash_upstream() {
 async fn crash_mosquitto() {
     let mut rng = seeded("crash-mosquitto", "crash_mosquitto");
     let mut summary = FamilySummary::new("crash-mosquitto");
-    for (run, cycles) in runs("PARTITION_CRASH_PEER_CYCLES", PEER_CYCLES)
+    for (run, cycles) in runs("PARTITION_CRASH_PEER_CYCLES", BROKER_CYCLES)
         .into_iter()
         .enumerate()
     {
