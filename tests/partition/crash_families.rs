@@ -188,7 +188,7 @@ async fn relay_family(name: &str, test: &str, mqtt: bool) {
         };
         let sampler = CursorSampler::start(
             move || async move { status(port).await.map(|s| (s.stream, s.acked_seq)) },
-            store.clone(),
+            store_mark(store.clone()),
         );
         for cycle in 0..cycles {
             // A random moment after this life accepted a batch or, every third kill, after it
@@ -279,6 +279,10 @@ async fn crash_upstream() {
         ))
         .await;
         let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
+        let sampler = CursorSampler::start(
+            outbox_cursor(relay.outbox.clone()),
+            mcp_mark(format!("http://{listen}/mcp")),
+        );
         for _ in 0..cycles {
             // A random moment while the relay delivers to this life of the upstream.
             acked_at_least(&relay, relay.outbox.stats().acked_seq + 1).await;
@@ -291,6 +295,7 @@ async fn crash_upstream() {
         let accepted = producer.finish(PRODUCER_STOP).await;
         drained_within(&relay, DRAIN_BOUND).await;
         let drain = restarted.elapsed();
+        sampler.finish().await;
         let stream = relay.outbox.stats().stream;
         relay.stop().await;
         kill_9(&mut sink);
@@ -317,7 +322,10 @@ async fn crash_mosquitto() {
             Mosquitto::start(&tmp.path().join("broker"), false).unwrap_or_else(|e| panic!("{e:#}"));
         let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
         let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
-        let sampler = CursorSampler::start(outbox_cursor(relay.outbox.clone()), sink.store.clone());
+        let sampler = CursorSampler::start(
+            outbox_cursor(relay.outbox.clone()),
+            store_mark(sink.store.clone()),
+        );
         let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
         for _ in 0..cycles {
             acked_at_least(&relay, relay.outbox.stats().acked_seq + 1).await;

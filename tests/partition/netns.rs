@@ -172,6 +172,11 @@ impl Drop for Partitioned {
         for ns in [&self.sink_ns, &self.relay_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        // A pair that never reached its namespaces (a failure mid-create) is still here.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.sink_if])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

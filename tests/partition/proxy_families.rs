@@ -184,7 +184,7 @@ async fn one_run(
             let s = outbox.stats();
             async move { Some((s.stream, s.acked_seq)) }
         },
-        peers.store.clone(),
+        store_mark(peers.store.clone()),
     );
     let seed = rng.random();
     let (http, mqtt) = match link {

@@ -9,9 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use edge_relay::audit::Audit;
+use edge_relay::contract::{CURSOR_TOOL, CursorArgs, INGEST_TOOL};
 use edge_relay::event::Event;
 use edge_relay::local_client;
+use edge_relay::relay::Connector;
 use edge_relay::sink::SinkStore;
+use edge_relay::uplink::SessionConfig;
+use edge_relay::uplink::http::HttpConnector;
+use futures::future::BoxFuture;
 use hyper::Method;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -205,25 +210,23 @@ pub struct CursorSampler {
 }
 
 impl CursorSampler {
-    /// Starts sampling; `relay` answers the relay's `(stream, acked_seq)`, or `None` while the
-    /// relay is down.
-    pub fn start<F, Fut>(relay: F, store: Arc<SinkStore>) -> Self
+    /// Starts sampling; `relay` answers the relay's `(stream, acked_seq)` and `upstream` the
+    /// upstream's mark of a stream, each `None` while that side is down.
+    pub fn start<R, RF, U, UF>(relay: R, upstream: U) -> Self
     where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Option<(Uuid, u64)>> + Send,
+        R: Fn() -> RF + Send + 'static,
+        RF: Future<Output = Option<(Uuid, u64)>> + Send,
+        U: Fn(Uuid) -> UF + Send + 'static,
+        UF: Future<Output = Option<u64>> + Send,
     {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let mut samples = 0;
             while !stopped.is_cancelled() {
-                if let Some((stream, acked)) = relay().await {
-                    let mark = store
-                        .cursor(GATEWAY, stream)
-                        .await
-                        .map_err(|e| format!("upstream cursor: {e}"))?
-                        .acked_seq
-                        .unwrap_or(0);
+                if let Some((stream, acked)) = relay().await
+                    && let Some(mark) = upstream(stream).await
+                {
                     if acked > mark {
                         return Err(format!(
                             "relay acked_seq {acked} passed the upstream's mark {mark}"
@@ -254,6 +257,41 @@ impl CursorSampler {
             .unwrap_or_else(|e| panic!("safety: {e}"));
         assert!(samples > 0, "the cursor sampler took no sample");
         samples
+    }
+}
+
+/// The upstream's mark read from its store in this process (`edge_cursor`'s answer, durable).
+pub fn store_mark(store: Arc<SinkStore>) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
+    move |stream| {
+        let store = store.clone();
+        Box::pin(async move { Some(store.cursor(GATEWAY, stream).await.ok()?.cursor()) })
+    }
+}
+
+/// The upstream's mark asked over MCP (`initialize`, `edge_cursor`) on a fresh session, for an
+/// upstream in another process; `None` while it does not answer.
+pub fn mcp_mark(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
+    move |stream| {
+        let url = url.clone();
+        Box::pin(async move {
+            let timeout = Duration::from_secs(2);
+            let connector = HttpConnector::new(&url, None, timeout).ok()?;
+            let session = connector
+                .connect(SessionConfig {
+                    ingest_tool: INGEST_TOOL.to_owned(),
+                    cursor_tool: CURSOR_TOOL.to_owned(),
+                    request_timeout: timeout,
+                })
+                .await
+                .ok()?;
+            let args = CursorArgs {
+                gateway: GATEWAY.to_owned(),
+                stream,
+            };
+            let ack = session.cursor(&args).await;
+            session.close().await;
+            Some(ack.ok()?.cursor())
+        })
     }
 }
 
