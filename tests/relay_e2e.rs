@@ -81,11 +81,29 @@ async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
     relay.stop().await;
 }
 
+/// Regression (found by the partition suite's netns family): a sink listening on an address
+/// other than 127.0.0.1 refused every request with 403 (rmcp's Host guard allowed loopback
+/// names only), so `edge-relay sink --listen <lan address>` could never be an upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_on_a_non_default_address_accepts_the_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start_on("127.0.0.2:0".parse().unwrap(), &tmp.path().join("sink")).await;
+    let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
+    let (_, answer) = post(relay.ingest_addr, event("a", 1).to_string()).await;
+    acked_at_least(&relay, 1).await;
+    let result = audit(
+        &accepted(&answer),
+        &sink.events("test-gw", relay.outbox.stats().stream),
+    );
+    assert!(result.is_clean(), "{result}");
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answer_is_resent_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink")).await;
-    let proxy = proxy::CutProxy::start(sink.addr).await;
+    let proxy = fault_proxy::FaultProxy::start(sink.addr).await;
     let relay = start_relay(relay_config(
         &tmp.path().join("relay"),
         &format!("http://{}/mcp", proxy.addr),

@@ -77,7 +77,7 @@ async fn answer_lost_after_the_upstream_stored_the_batch_is_not_duplicated() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
-    let proxy = proxy::CutProxy::start(broker.addr).await;
+    let proxy = fault_proxy::FaultProxy::start(broker.addr).await;
     let relay_url = format!("mqtt://{}", proxy.addr);
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &relay_url)).await;
     let mut all = post_batch(&relay, "a", 10).await;

@@ -27,7 +27,7 @@ use crate::sink::store::{SinkError, SinkStore};
 pub const SERVER_NAME: &str = "edge-relay-sink";
 /// HTTP path of the MCP endpoint; every other path answers 404.
 pub const MCP_PATH: &str = "/mcp";
-/// `Host` values accepted (rmcp's DNS-rebinding guard): loopback only, any port.
+/// `Host` values always accepted (rmcp's DNS-rebinding guard): loopback, any port.
 pub const ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// Longest `serve_http` waits, after shutdown, for rmcp's session tasks to drop the store.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,6 +120,22 @@ fn answer(
     }
 }
 
+/// `Host` values the sink accepts when listening on `addr`: [`ALLOWED_HOSTS`], plus the listen
+/// address itself when it is a specific one (a sink on `10.0.0.5:8787` is reached as
+/// `10.0.0.5`); on an unspecified address (`0.0.0.0`, `::`) every host, since the operator
+/// asked for remote clients whose host names the sink cannot know. Empty means "any".
+pub fn allowed_hosts(addr: std::net::SocketAddr) -> Vec<String> {
+    if addr.ip().is_unspecified() {
+        return Vec::new();
+    }
+    let mut hosts: Vec<String> = ALLOWED_HOSTS.iter().map(|h| h.to_string()).collect();
+    let own = addr.ip().to_string();
+    if !hosts.contains(&own) {
+        hosts.push(own);
+    }
+    hosts
+}
+
 /// Serves the sink's MCP endpoint at [`MCP_PATH`] on `listener` (tokio's `TcpListener`, or any
 /// [`Listener`](crate::http_serve::Listener), e.g. a simulated one) until `shutdown`.
 ///
@@ -145,7 +161,7 @@ pub async fn serve_http(
     };
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown.child_token())
-        .with_allowed_hosts(ALLOWED_HOSTS);
+        .with_allowed_hosts(allowed_hosts(addr));
     let mcp = StreamableHttpService::new(
         move || Ok(prototype.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -190,6 +206,16 @@ mod tests {
     use serde_json::{Value, json};
     use std::net::SocketAddr;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn a_sink_listening_on_a_specific_address_accepts_that_host() {
+        let on = |a: &str| allowed_hosts(a.parse().unwrap());
+        assert_eq!(on("127.0.0.1:8787"), ALLOWED_HOSTS);
+        assert_eq!(on("10.213.0.1:8787").last().unwrap(), "10.213.0.1");
+        assert!(on("10.213.0.1:8787").contains(&"localhost".to_owned()));
+        assert!(on("0.0.0.0:8787").is_empty(), "any host");
+        assert!(on("[::]:8787").is_empty(), "any host");
+    }
 
     /// One HTTP/1.1 POST (or GET when `body` is None) on a fresh connection.
     async fn send(

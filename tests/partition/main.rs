@@ -4,4 +4,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod crash_families;
+mod netns;
+mod proxy_families;
+mod proxy_modes;
+mod real_net;
 mod summary;

@@ -1,10 +1,10 @@
 //! Shared test harness: the real reference upstream, the real relay, and an HTTP producer.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
 pub mod process;
-pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -132,6 +132,16 @@ pub fn report(relay: &Daemon) -> edge_relay::status::StatusReport {
 
 /// Waits (on the outbox's commit signal, bounded by [`WAIT`]) until everything is acknowledged.
 pub async fn drained(relay: &Daemon) {
+    drained_within(relay, WAIT).await;
+}
+
+/// Waits (on the outbox's commit signal) until everything is acknowledged; returns how long
+/// that took.
+///
+/// # Panics
+/// Not drained within `bound`.
+pub async fn drained_within(relay: &Daemon, bound: Duration) -> Duration {
+    let started = std::time::Instant::now();
     let mut changes = relay.outbox.watch();
     let done = async {
         loop {
@@ -142,12 +152,13 @@ pub async fn drained(relay: &Daemon) {
             changes.changed().await.unwrap();
         }
     };
-    tokio::time::timeout(WAIT, done).await.unwrap_or_else(|_| {
+    tokio::time::timeout(bound, done).await.unwrap_or_else(|_| {
         panic!(
-            "backlog not drained within {WAIT:?}: {:?}",
+            "backlog not drained within {bound:?}: {:?}",
             relay.outbox.stats()
         )
     });
+    started.elapsed()
 }
 
 /// Waits until the relay's acknowledged seq reaches `seq`.
