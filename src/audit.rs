@@ -206,7 +206,10 @@ mod tests {
             .map(|(i, id)| (i as u64 + 1, *id))
             .collect();
         // Seqs 2..=3 dropped and reported; 5 missing without a gap.
-        let stored: Vec<_> = [0, 3, 5].iter().map(|&i| ev(i as u64 + 1, ids[i])).collect();
+        let stored: Vec<_> = [0, 3, 5]
+            .iter()
+            .map(|&i| ev(i as u64 + 1, ids[i]))
+            .collect();
         let gap = |from, to| Gap {
             dropped_from: from,
             dropped_to: to,
