@@ -2,7 +2,6 @@
 //! the same safety and liveness invariants against the upstream's own store (see README.md).
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 mod sim;

@@ -207,13 +207,12 @@ fn new_event(id: Uuid, n: u64) -> NewEvent {
 /// A fresh temp dir on tmpfs when there is one (fsync cost is not what this suite measures).
 pub fn temp_dir() -> std::io::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
             .prefix("edge-relay-sim")
             .tempdir_in(shm)
-        {
-            return Ok(dir);
-        }
+    {
+        return Ok(dir);
     }
     tempfile::tempdir()
 }
