@@ -137,6 +137,8 @@ fn run_seed(seed: u64) -> (Option<Outcome>, Option<String>) {
     let ms = Duration::from_millis;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
+        // Which host runs first in a tick is drawn from the seed too.
+        .enable_random_order()
         .tick_duration(TICK)
         .simulation_duration(Duration::from_secs(3600))
         .min_message_latency(ms(schedule.latency_ms.0))
