@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::config::Overflow;
+use crate::contract::Gap;
 use crate::durable::FsSync;
 use crate::event::{Event, NewEvent};
 
@@ -238,7 +239,53 @@ impl Outbox {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, OutboxError> {
-        let durable_end = self.stats().next_seq;
+        self.events_before(after, self.stats().next_seq, max_events, max_bytes)
+    }
+
+    /// What to deliver after `cursor`: [`Outbox::batch_after`]'s events, and the gap of missing
+    /// seqs between `cursor` and them (dropped by `drop_oldest`, or acknowledged before an
+    /// upstream lost them), or up to the durable end when no event is left.
+    ///
+    /// # Errors
+    /// As [`Outbox::batch_after`].
+    pub fn next_delivery(
+        &self,
+        cursor: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Delivery, OutboxError> {
+        // One read of the durable end for both: a commit published between two reads would
+        // make the events it just stored look like a gap (reported, then skipped).
+        self.delivery_before(cursor, self.stats().next_seq, max_events, max_bytes)
+    }
+
+    /// [`Outbox::next_delivery`] as of the durable end `durable_end` (a `next_seq`).
+    fn delivery_before(
+        &self,
+        cursor: u64,
+        durable_end: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Delivery, OutboxError> {
+        let events = self.events_before(cursor, durable_end, max_events, max_bytes)?;
+        let gap_end = events
+            .first()
+            .map_or(durable_end.saturating_sub(1), |e| e.seq - 1);
+        let gap = (gap_end > cursor).then_some(Gap {
+            dropped_from: cursor + 1,
+            dropped_to: gap_end,
+        });
+        Ok(Delivery { events, gap })
+    }
+
+    /// [`Outbox::batch_after`] below `durable_end`.
+    fn events_before(
+        &self,
+        after: u64,
+        durable_end: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, OutboxError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if after.saturating_add(1) >= durable_end {
@@ -263,6 +310,15 @@ impl Outbox {
         }
         Ok(out)
     }
+}
+
+/// The relay's next `edge_ingest` content, from [`Outbox::next_delivery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Events in seq order (may be empty).
+    pub events: Vec<Event>,
+    /// Missing seqs right after the cursor, before `events`; `None` when nothing is missing.
+    pub gap: Option<Gap>,
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
-use crate::contract::{CursorArgs, Gap, IngestArgs};
+use crate::contract::{CursorArgs, IngestArgs};
 use crate::heartbeat::Heartbeat;
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Delivery, Outbox, OutboxError};
 use crate::status::{StatusBoard, UpstreamState};
 use crate::uplink::{CLOSE_TIMEOUT, Session, SessionConfig, UplinkError};
 use backoff::Backoff;
@@ -201,29 +201,19 @@ impl Relay {
                 return Ok(());
             }
             changes.borrow_and_update();
-            let events = self.outbox.batch_after(
+            let Delivery { events, gap } = self.outbox.next_delivery(
                 cursor,
                 self.config.batch_max_events,
                 self.config.batch_max_bytes,
             )?;
-            let last_durable = self.outbox.stats().next_seq - 1;
-            let gap_end = match events.first() {
-                Some(first) => first.seq - 1,
-                None => last_durable,
-            };
-            let gap = (gap_end > cursor).then_some(Gap {
-                dropped_from: cursor + 1,
-                dropped_to: gap_end,
-            });
-            if events.is_empty() && gap.is_none() {
+            let Some(sent_to) = events.last().map(|e| e.seq).or(gap.map(|g| g.dropped_to)) else {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     r = changes.changed() => if r.is_err() { return Ok(()) },
                     () = self.heartbeat.tick() => {}
                 }
                 continue;
-            }
-            let sent_to = events.last().map_or(gap_end, |e| e.seq);
+            };
             let count = events.len() as u64;
             if let Some(g) = gap {
                 log::warn!(gateway = gateway, stream:% = stream, dropped_from = g.dropped_from, dropped_to = g.dropped_to;

@@ -193,3 +193,53 @@ async fn closed_writer_refuses_cleanly() {
         Err(OutboxError::Closed)
     ));
 }
+
+/// Regression: the relay took its events and its gap from two reads of the durable end, so an
+/// append committed in between (the writer runs on another worker thread) was reported as a
+/// dropped gap and skipped, even under `reject`. Both now come from one durable end.
+#[tokio::test]
+async fn a_commit_after_the_snapshot_is_not_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(1 << 30, Overflow::Reject)).await;
+    outbox
+        .append(vec![ev("a", None), ev("b", None)])
+        .await
+        .unwrap();
+    let snapshot = outbox.stats().next_seq;
+    // Committed after the relay read the durable end: not part of this delivery at all.
+    outbox.append(vec![ev("c", None)]).await.unwrap();
+    let d = outbox.delivery_before(2, snapshot, 10, 1 << 20).unwrap();
+    assert_eq!(
+        d,
+        Delivery {
+            events: vec![],
+            gap: None
+        }
+    );
+    let d = outbox.next_delivery(2, 10, 1 << 20).unwrap();
+    assert_eq!((d.events.len(), d.gap), (1, None));
+}
+
+#[tokio::test]
+async fn delivery_reports_dropped_seqs_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _stop, _task) = open(dir.path(), config(2_000, Overflow::DropOldest)).await;
+    for i in 0..40 {
+        outbox
+            .append(vec![ev(&format!("s{i}"), None)])
+            .await
+            .unwrap();
+    }
+    let dropped = outbox.stats().dropped_events;
+    assert!(dropped > 0);
+    let d = outbox.next_delivery(0, 5, 1 << 20).unwrap();
+    let gap = Gap {
+        dropped_from: 1,
+        dropped_to: dropped,
+    };
+    assert_eq!((d.gap, d.events[0].seq), (Some(gap), dropped + 1));
+    // Everything after the cursor dropped: the gap alone, up to the durable end.
+    outbox.ack(40).await.unwrap();
+    let d = outbox.next_delivery(38, 5, 1 << 20).unwrap();
+    assert_eq!((d.events.len(), d.gap.map(|g| g.dropped_to)), (0, Some(40)));
+}

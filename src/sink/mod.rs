@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-pub use server::{SinkService, serve_http};
+pub use server::{SinkService, serve_http, serve_http_with};
 pub use store::{SinkError, SinkStore};
 
 /// `edge-relay sink`: opens (creating if needed) the store in `data_dir`, binds `listen` and

@@ -153,15 +153,34 @@ pub async fn serve_http(
     store: Arc<SinkStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let keep_alive = StreamableHttpServerConfig::default().sse_keep_alive;
+    serve_http_with(listener, store, shutdown, keep_alive).await
+}
+
+/// [`serve_http`] with the SSE keep-alive interval chosen (`None`: no keep-alive comments).
+///
+/// A simulated clock needs `None`: sse-stream re-arms its keep-alive timer from
+/// `std::time::Instant::now()`, so under a tokio clock that runs ahead of real time the timer
+/// is always due and the stream sends a comment on every poll.
+///
+/// # Errors
+/// As [`serve_http`].
+pub async fn serve_http_with(
+    listener: impl crate::http_serve::Listener,
+    store: Arc<SinkStore>,
+    shutdown: CancellationToken,
+    sse_keep_alive: Option<Duration>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("sink listener address")?;
     let holders = TaskTracker::new();
     let prototype = SinkService {
         _holder: Some(holders.token()),
         ..SinkService::new(store)
     };
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown.child_token())
         .with_allowed_hosts(allowed_hosts(addr));
+    config.sse_keep_alive = sse_keep_alive;
     let mcp = StreamableHttpService::new(
         move || Ok(prototype.clone()),
         Arc::new(LocalSessionManager::default()),

@@ -9,4 +9,5 @@ mod netns;
 mod proxy_families;
 mod proxy_modes;
 mod real_net;
+mod sim;
 mod summary;
