@@ -24,6 +24,9 @@ pub struct FamilySummary {
     pub lost: u64,
     /// Events stored upstream more than once.
     pub duplicates: u64,
+    /// Accepted events `overflow = "drop_oldest"` dropped and the upstream holds as reported
+    /// gaps (not lost); printed as a trailing `dropped_in_gaps=` only when non-zero.
+    pub dropped_in_gaps: u64,
     /// Longest drain after the last fault healed, in milliseconds (simulated or wall time, as
     /// the family states).
     pub max_drain_ms: u64,
@@ -54,7 +57,6 @@ impl FamilySummary {
     ///
     /// # Panics
     /// The summary file cannot be written (a test harness failure, not a relay one).
-    #[allow(dead_code)] // until the first family lands
     pub fn publish(&self) {
         eprintln!("{self}");
         let dir = summary_dir();
@@ -85,7 +87,11 @@ impl fmt::Display for FamilySummary {
             self.lost,
             self.duplicates,
             self.max_drain_ms
-        )
+        )?;
+        if self.dropped_in_gaps > 0 {
+            write!(f, " dropped_in_gaps={}", self.dropped_in_gaps)?;
+        }
+        Ok(())
     }
 }
 
@@ -108,6 +114,11 @@ mod tests {
         assert_eq!(
             s.to_string(),
             "partition: family=demo runs=2 faults=5 accepted=20 delivered=20 lost=0 duplicates=0 max_drain_ms=250"
+        );
+        s.dropped_in_gaps = 7;
+        assert!(
+            s.to_string()
+                .ends_with("max_drain_ms=250 dropped_in_gaps=7")
         );
     }
 }

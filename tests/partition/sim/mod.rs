@@ -33,6 +33,8 @@ const DEFAULT_SEEDS: u64 = 200;
 /// One finished run.
 struct Outcome {
     audit: Audit,
+    /// Accepted events missing upstream inside a reported gap (`drop_oldest` only).
+    dropped: u64,
     faults: u64,
     drain: Duration,
 }
@@ -72,6 +74,7 @@ fn seeds() {
         };
         if let Some(o) = outcome {
             summary.add_run(&o.audit, o.faults, o.drain);
+            summary.dropped_in_gaps += o.dropped;
         }
         if let Some(why) = why {
             failures.push(failure(seed, &why));
@@ -290,7 +293,7 @@ fn audit_run(
     let faults = schedule.episodes.len() as u64;
     let s = shared.lock();
     let stats = s.relay.as_ref().map(|r| *r.borrow()).unwrap_or_default();
-    let (audit, why) = if schedule.drop_oldest {
+    let (audit, dropped, why) = if schedule.drop_oldest {
         let a = audit_with_gaps(&s.accepted, stored, gaps);
         let in_gaps: u64 = gaps.iter().map(|g| g.dropped_to - g.dropped_from + 1).sum();
         let why = if !a.is_clean() {
@@ -303,7 +306,7 @@ fn audit_run(
         } else {
             None
         };
-        (a.audit, why)
+        (a.audit, a.dropped as u64, why)
     } else {
         let a = audit(&s.accepted, stored);
         let why = if !a.is_clean() {
@@ -313,12 +316,13 @@ fn audit_run(
         } else {
             None
         };
-        (a, why)
+        (a, 0, why)
     };
     let why = why.or_else(|| (audit.produced == 0).then(|| "nothing was accepted".into()));
     (
         Outcome {
             audit,
+            dropped,
             faults,
             drain,
         },
