@@ -5,7 +5,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,22 +15,12 @@ use edge_relay::sink::SinkStore;
 use hyper::Method;
 use serde_json::Value;
 use support::mcp_mqtt::{MqttSink, SERVER_NAME};
+use support::process::{free_port, spawn_daemon, status, write_config};
 use support::*;
 use uuid::Uuid;
 
 /// Pause between a producer's attempts while the daemon is down (a producer's own retry pace).
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-
-fn spawn_daemon(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_edge-relay"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn edge-relay")
-}
 
 async fn wait_healthy(addr: SocketAddr) {
     let deadline = Instant::now() + WAIT;
@@ -45,15 +34,6 @@ async fn wait_healthy(addr: SocketAddr) {
         );
         tokio::time::sleep(RETRY_PAUSE).await;
     }
-}
-
-async fn status(addr: SocketAddr) -> Option<Value> {
-    let (code, body) = local_client::request(addr, Method::GET, "/v1/status", vec![])
-        .await
-        .ok()?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
 }
 
 /// Posts batches of 20 until stopped, retrying each batch (same ids) until it gets a 200.
@@ -101,23 +81,10 @@ async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event_once_mqtt(
 /// Runs the real binary with `upstream` (the `[upstream]` keys), `kill -9`s it four times while
 /// a producer posts 3,000 events, and audits the upstream's `store`.
 async fn crash_loop(dir: &Path, upstream: &str, store: &SinkStore) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config_path = dir.join("edge-relay.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "gateway_id = \"crash-gw\"\ndata_dir = \"{}\"\n[ingest.http]\nlisten = \"{port}\"\n\
-             [upstream]\n{upstream}\n[relay]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
-             batch_max_events = 50\n",
-            dir.join("relay").display(),
-        ),
-    )
-    .unwrap();
+    let port = free_port();
+    let config_path = write_config(dir, "crash-gw", port, upstream);
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut child = spawn_daemon(&config_path);
+    let mut child = spawn_daemon(&config_path, &[]);
     wait_healthy(port).await;
     let producer = tokio::spawn(produce(port, log.clone(), 150));
     let mut stream = None;
@@ -138,7 +105,7 @@ async fn crash_loop(dir: &Path, upstream: &str, store: &SinkStore) {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        child = spawn_daemon(&config_path);
+        child = spawn_daemon(&config_path, &[]);
         wait_healthy(port).await;
     }
     tokio::time::timeout(WAIT, producer).await.unwrap().unwrap();
