@@ -1,9 +1,10 @@
 //! systemd service protocol: `READY=1`, `STATUS=`, `WATCHDOG=1` driven by heartbeats, `STOPPING=1`.
 //
 // Everything goes through `sd_notify::notify`, which sends nothing when `NOTIFY_SOCKET` is unset;
-// a failed send is logged once per kind and never stops the daemon.
+// a failed send is logged (a warning the first time) and never stops the daemon.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -127,8 +128,14 @@ pub fn stopping() {
 }
 
 fn send(states: &[NotifyState<'_>]) {
+    // Warned once: a missing service manager socket would otherwise repeat every second.
+    static WARNED: AtomicBool = AtomicBool::new(false);
     if let Err(e) = sd_notify::notify(states) {
-        log::warn!(error:% = e; "sd_notify failed");
+        if WARNED.swap(true, Ordering::Relaxed) {
+            log::debug!(error:% = e; "sd_notify failed");
+        } else {
+            log::warn!(error:% = e; "sd_notify failed (further failures are logged at debug level)");
+        }
     }
 }
 

@@ -91,20 +91,48 @@ impl NotifySocket {
     }
 }
 
-fn upstream(sink: &Sink) -> String {
-    format!("url = \"{}\"", sink.url())
+/// The real upstream and the real binary under a fake service manager, up to `READY=1`.
+struct Service {
+    _tmp: tempfile::TempDir,
+    sink: Sink,
+    port: SocketAddr,
+    config: PathBuf,
+    notify: NotifySocket,
+    child: DaemonChild,
+}
+
+impl Service {
+    async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Sink::start(&tmp.path().join("sink")).await;
+        let port = free_port();
+        let upstream = format!("url = \"{}\"", sink.url());
+        let config = write_config(tmp.path(), "svc-gw", port, &upstream);
+        let mut notify = NotifySocket::bind(tmp.path());
+        let child = spawn_daemon(&config, &notify.env());
+        notify.line("READY=1").await;
+        Service {
+            _tmp: tmp,
+            sink,
+            port,
+            config,
+            notify,
+            child,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_socket_gets_ready_after_bind_then_status_watchdog_and_stopping() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sink = Sink::start(&tmp.path().join("sink")).await;
-    let port = free_port();
-    let config = write_config(tmp.path(), "svc-gw", port, &upstream(&sink));
-    let mut notify = NotifySocket::bind(tmp.path());
-    let mut child = spawn_daemon(&config, &notify.env());
-
-    notify.line("READY=1").await;
+    // Named bindings keep the temp dir and the upstream alive to the end of the test.
+    let Service {
+        _tmp,
+        sink: _sink,
+        port,
+        mut notify,
+        mut child,
+        ..
+    } = Service::start().await;
     // READY is not early: at that moment the store is open and the ingest port answers.
     let (code, answer) = post(port, event("svc", 1).to_string()).await;
     assert_eq!(code, 200, "{answer}");
@@ -185,13 +213,14 @@ async fn producer(addr: SocketAddr, name: String, log: Arc<Mutex<Produced>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_heavy_ingest_exits_0_and_every_accepted_event_arrives_once_in_order() {
     const PRODUCERS: usize = 4;
-    let tmp = tempfile::tempdir().unwrap();
-    let sink = Sink::start(&tmp.path().join("sink")).await;
-    let port = free_port();
-    let config = write_config(tmp.path(), "svc-gw", port, &upstream(&sink));
-    let mut notify = NotifySocket::bind(tmp.path());
-    let mut child = spawn_daemon(&config, &notify.env());
-    notify.line("READY=1").await;
+    let Service {
+        _tmp,
+        sink,
+        port,
+        config,
+        mut notify,
+        mut child,
+    } = Service::start().await;
 
     let log = Arc::new(Mutex::new(Produced::default()));
     let producers: Vec<_> = (0..PRODUCERS)

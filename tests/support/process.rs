@@ -38,9 +38,34 @@ pub fn write_config(dir: &Path, gateway: &str, listen: SocketAddr, upstream: &st
     path
 }
 
+/// A spawned daemon, SIGKILLed when dropped before it exited: a failing test leaves none behind.
+pub struct DaemonChild(Child);
+
+impl std::ops::Deref for DaemonChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DaemonChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for DaemonChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `edge-relay run --config config` with `env` added, outside any systemd context
 /// (`NOTIFY_SOCKET`, `WATCHDOG_*`, `JOURNAL_STREAM` and `STATE_DIRECTORY` removed first).
-pub fn spawn_daemon(config: &Path, env: &[(&str, &OsStr)]) -> Child {
+pub fn spawn_daemon(config: &Path, env: &[(&str, &OsStr)]) -> DaemonChild {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-relay"));
     cmd.args(["run", "--config"])
         .arg(config)
@@ -57,7 +82,7 @@ pub fn spawn_daemon(config: &Path, env: &[(&str, &OsStr)]) -> Child {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
-    cmd.spawn().expect("spawn edge-relay")
+    DaemonChild(cmd.spawn().expect("spawn edge-relay"))
 }
 
 /// Sends SIGTERM to `child` (as systemd's `systemctl stop` does).
