@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use edge_relay::audit::audit;
 use edge_relay::local_client;
+use edge_relay::status::StatusReport;
 use hyper::Method;
 use serde_json::Value;
 use support::process::*;
@@ -91,20 +92,52 @@ impl NotifySocket {
     }
 }
 
-fn upstream(sink: &Sink) -> String {
-    format!("url = \"{}\"", sink.url())
+/// The daemon as a `Type=notify` service, with what it needs kept alive.
+struct Service {
+    _tmp: tempfile::TempDir,
+    /// Its upstream, the reference sink in the test process.
+    _sink: Sink,
+    /// Its ingest address.
+    port: SocketAddr,
+    /// Its config file (gateway `svc-gw`).
+    config: PathBuf,
+    notify: NotifySocket,
+    child: std::process::Child,
+}
+
+impl Service {
+    /// Starts the sink, then the daemon under a fake service manager; returns once it sent
+    /// `READY=1` (bounded by [`WAIT`]).
+    async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Sink::start(&tmp.path().join("sink")).await;
+        let port = free_port();
+        let upstream = format!("url = \"{}\"", sink.url());
+        let config = write_config(tmp.path(), "svc-gw", port, &upstream);
+        let mut notify = NotifySocket::bind(tmp.path());
+        let child = spawn_daemon(&config, &notify.env());
+        notify.line("READY=1").await;
+        Service {
+            _tmp: tmp,
+            _sink: sink,
+            port,
+            config,
+            notify,
+            child,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_socket_gets_ready_after_bind_then_status_watchdog_and_stopping() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sink = Sink::start(&tmp.path().join("sink")).await;
-    let port = free_port();
-    let config = write_config(tmp.path(), "svc-gw", port, &upstream(&sink));
-    let mut notify = NotifySocket::bind(tmp.path());
-    let mut child = spawn_daemon(&config, &notify.env());
-
-    notify.line("READY=1").await;
+    let Service {
+        _tmp,
+        _sink,
+        port,
+        mut notify,
+        mut child,
+        ..
+    } = Service::start().await;
     // READY is not early: at that moment the store is open and the ingest port answers.
     let (code, answer) = post(port, event("svc", 1).to_string()).await;
     assert_eq!(code, 200, "{answer}");
@@ -185,32 +218,25 @@ async fn producer(addr: SocketAddr, name: String, log: Arc<Mutex<Produced>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_heavy_ingest_exits_0_and_every_accepted_event_arrives_once_in_order() {
     const PRODUCERS: usize = 4;
-    let tmp = tempfile::tempdir().unwrap();
-    let sink = Sink::start(&tmp.path().join("sink")).await;
-    let port = free_port();
-    let config = write_config(tmp.path(), "svc-gw", port, &upstream(&sink));
-    let mut notify = NotifySocket::bind(tmp.path());
-    let mut child = spawn_daemon(&config, &notify.env());
-    notify.line("READY=1").await;
+    let Service {
+        _tmp,
+        _sink: sink,
+        port,
+        config,
+        mut notify,
+        mut child,
+    } = Service::start().await;
 
     let log = Arc::new(Mutex::new(Produced::default()));
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| tokio::spawn(producer(port, format!("p{p}"), log.clone())))
         .collect();
     // SIGTERM mid-ingest, once the relay has delivered some of it.
-    let deadline = Instant::now() + WAIT;
-    let stream = loop {
-        let s = status(port).await;
-        let acked = s
-            .as_ref()
-            .and_then(|s| s["acked_seq"].as_u64())
-            .unwrap_or(0);
-        if log.lock().unwrap().accepted.len() >= 3_000 && acked > 0 {
-            break Uuid::parse_str(s.unwrap()["stream"].as_str().unwrap()).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no ingest progress");
-        tokio::time::sleep(POLL).await;
-    };
+    let progress =
+        |s: &StatusReport| log.lock().unwrap().accepted.len() >= 3_000 && s.acked_seq > 0;
+    let stream = poll_until(WAIT, "ingest progress", || status(port), progress)
+        .await
+        .stream;
     sigterm(&child);
     notify.line("STOPPING=1").await;
     let (status_code, took) = wait_exit(&mut child, TIMEOUT_STOP).await;
@@ -228,16 +254,7 @@ async fn sigterm_under_heavy_ingest_exits_0_and_every_accepted_event_arrives_onc
     // A new life on the same outbox delivers the rest.
     let mut child = spawn_daemon(&config, &notify.env());
     notify.line("READY=1").await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = status(port).await.unwrap_or_default();
-        let (acked, next) = (s["acked_seq"].as_u64(), s["next_seq"].as_u64());
-        if acked.is_some() && acked.map(|a| a + 1) == next && s["backlog_events"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "backlog not delivered: {s}");
-        tokio::time::sleep(POLL).await;
-    }
+    poll_until(WAIT, "backlog delivered", || status(port), all_acked).await;
     sigterm(&child);
     let (second, _) = wait_exit(&mut child, TIMEOUT_STOP).await;
     assert_eq!(second.code(), Some(0));
