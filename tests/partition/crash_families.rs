@@ -34,6 +34,8 @@ const BROKER_CYCLES: u64 = 15;
 const PEER_PACE_MS: std::ops::Range<u64> = 10..40;
 /// Largest producer batch of a paced producer.
 const PEER_BATCH: u64 = 20;
+/// Sets the kills of both peer families (upstream, Mosquitto).
+const PEER_CYCLES_VAR: &str = "PARTITION_CRASH_PEER_CYCLES";
 /// Kills per run (a run is one setup, one producer, one audit).
 const CYCLES_PER_RUN: u64 = 25;
 /// Liveness bound after the last restart: reconnect, cursor, then the backlog that built up
@@ -46,12 +48,12 @@ const KILL_AFTER_MS: std::ops::Range<u64> = 0..150;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_relay_http() {
-    relay_family("crash-relay-http", "crash_relay_http", false).await;
+    relay_family("crash-relay-http", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_relay_mqtt() {
-    relay_family("crash-relay-mqtt", "crash_relay_mqtt", true).await;
+    relay_family("crash-relay-mqtt", true).await;
 }
 
 /// Runs of `CYCLES_PER_RUN` kills until the family's cycles are done.
@@ -79,12 +81,12 @@ struct RunEnd {
 /// each `run(rng, dir, kills)` in a fresh temp dir, then its verdict; publishes the summary.
 async fn family(
     name: &str,
-    test: &str,
     var: &str,
     cycles: u64,
     mut run: impl AsyncFnMut(&mut StdRng, &Path, u64) -> RunEnd,
 ) {
-    let mut rng = seeded(name, test);
+    // The test function is named like its family.
+    let mut rng = seeded(name, &name.replace('-', "_"));
     let mut summary = FamilySummary::new(name);
     for (i, kills) in runs(var, cycles).into_iter().enumerate() {
         let tmp = tempfile::tempdir().unwrap();
@@ -98,10 +100,9 @@ async fn family(
 
 /// The daemon binary `kill -9`ed at random moments while a producer posts and it relays (over
 /// MCP Streamable HTTP, or MCP over MQTT), restarted on its outbox each time.
-async fn relay_family(name: &str, test: &str, mqtt: bool) {
+async fn relay_family(name: &str, mqtt: bool) {
     family(
         name,
-        test,
         "PARTITION_CRASH_CYCLES",
         CYCLES,
         async |rng, dir, kills| relay_run(rng, dir, kills, mqtt).await,
@@ -233,11 +234,9 @@ async fn settle(
 /// delivers to it and restarted on its store; the relay runs in the test process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_upstream() {
-    let var = "PARTITION_CRASH_PEER_CYCLES";
     family(
         "crash-upstream",
-        "crash_upstream",
-        var,
+        PEER_CYCLES_VAR,
         UPSTREAM_CYCLES,
         upstream_run,
     )
@@ -279,11 +278,9 @@ async fn upstream_run(rng: &mut StdRng, dir: &Path, cycles: u64) -> RunEnd {
 /// upstream (both in the test process, both reconnecting on their own), restarted on its port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mosquitto() {
-    let var = "PARTITION_CRASH_PEER_CYCLES";
     family(
         "crash-mosquitto",
-        "crash_mosquitto",
-        var,
+        PEER_CYCLES_VAR,
         BROKER_CYCLES,
         mosquitto_run,
     )
