@@ -83,7 +83,9 @@ pub fn family_child(program: &str) -> Command {
 
 /// A run's reference upstream in the test process: over MCP Streamable HTTP or MCP over MQTT.
 pub enum Upstream {
+    /// Served over MCP Streamable HTTP on loopback.
     Http(Sink),
+    /// Served over MCP over MQTT through a broker.
     Mqtt(MqttSink),
 }
 
