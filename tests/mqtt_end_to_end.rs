@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command};
-
 use edge_relay::config::MqttIngestConfig;
 use edge_relay::event::Event;
 use serde_json::json;
 use support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
 use support::mosquitto::{Mosquitto, publish_qos1, wait_subscribed};
+use support::process::{kill_9, poll_until, spawn_daemon};
 use support::*;
 use uuid::Uuid;
 
@@ -92,15 +90,6 @@ async fn ten_thousand_mqtt_messages_reach_the_upstream_over_mcp_over_mqtt_exactl
     sink.stop().await;
 }
 
-fn spawn_daemon(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_edge-relay"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-relay")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -121,61 +110,37 @@ async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
         ),
     )
     .unwrap();
+    // The upstream's events of the relay's stream (none before its first session), and how
+    // many of them the producer published.
+    let stored = || {
+        let streams = sink.store.streams().unwrap();
+        streams
+            .iter()
+            .find(|(g, _)| g == "kill-gw")
+            .map(|(g, s)| sink.store.events(g, *s).unwrap())
+            .unwrap_or_default()
+    };
+    let published = |stored: &[Event]| stored.iter().filter(|e| e.source == TOPIC).count();
     let mut all_ids = Vec::new();
-    let mut child = spawn_daemon(&config);
-    for round in 0..4u64 {
+    let mut child = spawn_daemon(&config, &[]);
+    for round in 0..4usize {
         wait_subscribed(&local.url(), "sensors/probe").await;
         // The broker PUBACKs the producer; it holds the messages for the relay's persistent
         // session until the relay PUBACKs them after its own commit.
-        let (msgs, ids) = messages(round * 1000..(round + 1) * 1000);
+        let (msgs, ids) = messages(round as u64 * 1000..(round as u64 + 1) * 1000);
         assert_eq!(publish_qos1(&local.url(), "producer", msgs).await, 1000);
         all_ids.extend(ids);
         // Mid-stream: once the upstream holds some of this round, kill the daemon.
-        let deadline = std::time::Instant::now() + WAIT;
-        let seen_round =
-            |stored: &[Event]| stored.iter().filter(|e| e.source == TOPIC).count() as u64;
-        loop {
-            let streams = sink.store.streams().unwrap();
-            let stored = streams
-                .iter()
-                .find(|(g, _)| g == "kill-gw")
-                .map(|(g, s)| sink.store.events(g, *s).unwrap())
-                .unwrap_or_default();
-            if seen_round(&stored) > round * 1000 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no progress in round {round}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        child = spawn_daemon(&config);
+        let what = format!("progress in round {round}");
+        let held = || async { Some(published(&stored())) };
+        poll_until(WAIT, &what, held, |n| *n > round * 1000).await;
+        kill_9(&mut child);
+        child = spawn_daemon(&config, &[]);
     }
     // Everything arrives after the last restart.
-    let deadline = std::time::Instant::now() + WAIT;
-    let stored = loop {
-        let (g, s) = sink
-            .store
-            .streams()
-            .unwrap()
-            .into_iter()
-            .find(|(g, _)| g == "kill-gw")
-            .unwrap();
-        let stored = sink.store.events(&g, s).unwrap();
-        if stored.iter().filter(|e| e.source == TOPIC).count() >= all_ids.len() {
-            break stored;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not everything arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let held = || async { Some(stored()).filter(|s| published(s) >= all_ids.len()) };
+    let stored = poll_until(WAIT, "everything arrived", held, |_| true).await;
+    kill_9(&mut child);
     assert_exactly_once_in_order(&stored, &all_ids);
     sink.stop().await;
 }

@@ -11,6 +11,7 @@ use edge_relay::mqtt::link::{Link, LinkOptions};
 use edge_relay::mqtt::topics;
 use serde_json::Value;
 use support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
+use support::process::{kill_9, spawn_daemon};
 use support::*;
 
 /// What the bystander saw of one PUBLISH.
@@ -164,7 +165,6 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
 
     // The client's last will: a relay that dies without a goodbye.
     let mut watcher_seen = Vec::new();
-    let relay_binary = env!("CARGO_BIN_EXE_edge-relay");
     let config = tmp.path().join("relay.toml");
     std::fs::write(
         &config,
@@ -176,12 +176,7 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(relay_binary)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut child = spawn_daemon(&config, &[]);
     collect_until(&mut early, &mut watcher_seen, |s| {
         s.iter().any(|m| m.json()["method"] == "initialize")
     })
@@ -198,8 +193,7 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
             .any(|m| m.json()["method"] == "notifications/initialized")
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_9(&mut child);
     collect_until(&mut early, &mut watcher_seen, |s| {
         s.iter()
             .any(|m| m.topic == topics::client_presence(&dead_id))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use edge_relay::audit::audit;
 use edge_relay::local_client;
+use edge_relay::status::StatusReport;
 use hyper::Method;
 use serde_json::Value;
 use support::process::*;
@@ -227,19 +228,11 @@ async fn sigterm_under_heavy_ingest_exits_0_and_every_accepted_event_arrives_onc
         .map(|p| tokio::spawn(producer(port, format!("p{p}"), log.clone())))
         .collect();
     // SIGTERM mid-ingest, once the relay has delivered some of it.
-    let deadline = Instant::now() + WAIT;
-    let stream = loop {
-        let s = status(port).await;
-        let acked = s
-            .as_ref()
-            .and_then(|s| s["acked_seq"].as_u64())
-            .unwrap_or(0);
-        if log.lock().unwrap().accepted.len() >= 3_000 && acked > 0 {
-            break Uuid::parse_str(s.unwrap()["stream"].as_str().unwrap()).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no ingest progress");
-        tokio::time::sleep(POLL).await;
-    };
+    let progress =
+        |s: &StatusReport| log.lock().unwrap().accepted.len() >= 3_000 && s.acked_seq > 0;
+    let stream = poll_until(WAIT, "ingest progress", || status(port), progress)
+        .await
+        .stream;
     sigterm(&child);
     notify.line("STOPPING=1").await;
     let (status_code, took) = wait_exit(&mut child, TIMEOUT_STOP).await;
@@ -257,16 +250,7 @@ async fn sigterm_under_heavy_ingest_exits_0_and_every_accepted_event_arrives_onc
     // A new life on the same outbox delivers the rest.
     let mut child = spawn_daemon(&config, &notify.env());
     notify.line("READY=1").await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = status(port).await.unwrap_or_default();
-        let (acked, next) = (s["acked_seq"].as_u64(), s["next_seq"].as_u64());
-        if acked.is_some() && acked.map(|a| a + 1) == next && s["backlog_events"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "backlog not delivered: {s}");
-        tokio::time::sleep(POLL).await;
-    }
+    poll_until(WAIT, "backlog delivered", || status(port), all_acked).await;
     sigterm(&child);
     let (second, _) = wait_exit(&mut child, TIMEOUT_STOP).await;
     assert_eq!(second.code(), Some(0));

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::real_net::*;
 use crate::summary::FamilySummary;
+use crate::support::process::{BINARY, all_acked, kill_9, poll_until, write_config_with};
 use crate::support::{WAIT, accepted, event};
 
 /// Prefix of every namespace and interface this family creates (stale ones are deleted).
@@ -77,15 +78,8 @@ fn run(program: &str, args: &[&str]) {
 
 /// `ip netns exec NS <edge-relay> ARGS...`.
 fn in_ns(ns: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_edge-relay")])
-        .env(
-            "RUST_LOG",
-            std::env::var("PARTITION_CHILD_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    let mut c = family_child("ip");
+    c.args(["netns", "exec", ns, BINARY]);
     c
 }
 
@@ -158,8 +152,7 @@ impl Partitioned {
     }
 
     fn kill(&mut self, child: usize) {
-        let _ = self.children[child].kill();
-        let _ = self.children[child].wait();
+        kill_9(&mut self.children[child]);
     }
 }
 
@@ -227,7 +220,7 @@ impl Cut {
 /// exited 0.
 async fn relay_cli(ns: &str, args: &[&str], body: Option<&[u8]>) -> Option<String> {
     let mut c = tokio::process::Command::new("ip");
-    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_edge-relay")])
+    c.args(["netns", "exec", ns, BINARY])
         .args(args)
         .env("RUST_LOG", "off")
         .stdin(Stdio::piped())
@@ -291,11 +284,13 @@ async fn one_run(summary: &mut FamilySummary, rng: &mut StdRng, run: u64, cuts: 
         &sink_dir,
     );
     let relay = net.spawn(&relay_ns, &["run", "--config"], &config);
-    let deadline = Instant::now() + WAIT;
-    while status(&relay_ns).await.is_none() {
-        assert!(Instant::now() < deadline, "relay not up in its namespace");
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
+    poll_until(
+        WAIT,
+        "relay up in its namespace",
+        || status(&relay_ns),
+        |_| true,
+    )
+    .await;
     let producer = ns_producer(relay_ns.clone(), rng.random());
     let mut schedule = Vec::new();
     for _ in 0..rng.random_range(2..=4) {
@@ -308,20 +303,8 @@ async fn one_run(summary: &mut FamilySummary, rng: &mut StdRng, run: u64, cuts: 
     }
     let healed = Instant::now();
     let accepted = producer.finish(PRODUCER_STOP).await;
-    let report = loop {
-        let last = status(&relay_ns).await;
-        if let Some(s) = &last
-            && s.backlog_events == 0
-            && s.acked_seq + 1 == s.next_seq
-        {
-            break last.unwrap();
-        }
-        assert!(
-            healed.elapsed() < DRAIN_BOUND,
-            "liveness: netns run {run} not drained within {DRAIN_BOUND:?} after {schedule:?}: {last:?}"
-        );
-        tokio::time::sleep(RETRY_PAUSE).await;
-    };
+    let what = format!("liveness: netns run {run} drained after {schedule:?}");
+    let report = poll_until(DRAIN_BOUND, &what, || status(&relay_ns), all_acked).await;
     let drain = healed.elapsed();
     net.kill(relay);
     net.kill(sink);
@@ -350,18 +333,9 @@ async fn one_run(summary: &mut FamilySummary, rng: &mut StdRng, run: u64, cuts: 
 }
 
 fn relay_config_file(dir: &Path) -> PathBuf {
-    let path = dir.join("edge-relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "gateway_id = \"{GATEWAY}\"\ndata_dir = \"{}\"\n[ingest.http]\nlisten = \"{INGEST}\"\n\
-             [upstream]\nurl = \"http://{SINK_ADDR}:{SINK_PORT}/mcp\"\n[relay]\n\
-             backoff_initial_ms = 10\nbackoff_max_ms = 200\nrequest_timeout_ms = 1000\n",
-            dir.join("relay").display()
-        ),
-    )
-    .unwrap();
-    path
+    let upstream = format!("url = \"http://{SINK_ADDR}:{SINK_PORT}/mcp\"");
+    let relay = "backoff_initial_ms = 10\nbackoff_max_ms = 200\nrequest_timeout_ms = 1000";
+    write_config_with(dir, GATEWAY, INGEST, &upstream, relay)
 }
 
 /// A producer inside the relay's namespace: `edge-relay send --stdin` with batches of up to 50

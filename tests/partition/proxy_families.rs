@@ -19,6 +19,7 @@ use crate::summary::FamilySummary;
 use crate::support::fault_proxy::{FaultProxy, Mode};
 use crate::support::mcp_mqtt::{MqttSink, relay_config_mqtt};
 use crate::support::mosquitto::wait_subscribed;
+use crate::support::process::poll_until;
 use crate::support::{Sink, drained_within, relay_config, start_relay};
 
 /// Runs per family in CI; `PARTITION_PROXY_RUNS` raises it.
@@ -84,41 +85,26 @@ struct Peers {
     store: Arc<SinkStore>,
     proxy: FaultProxy,
     broker: Option<Mosquitto>,
-    mqtt_sink: Option<MqttSink>,
-    _http_sink: Option<Sink>,
+    upstream: Upstream,
 }
 
 async fn peers(dir: &std::path::Path, link: Link) -> (Peers, Config) {
     let relay_dir = dir.join("relay");
     let broker = (link != Link::HttpUplink)
         .then(|| Mosquitto::start(&dir.join("broker"), false).unwrap_or_else(|e| panic!("{e:#}")));
-    let (peers, mut config) = match link {
+    let (upstream, proxy, mut config) = match link {
         Link::HttpUplink => {
             let sink = Sink::start(&dir.join("sink")).await;
             let proxy = FaultProxy::start(sink.addr).await;
             let config = relay_config(&relay_dir, &format!("http://{}/mcp", proxy.addr));
-            let peers = Peers {
-                store: sink.store.clone(),
-                proxy,
-                broker,
-                mqtt_sink: None,
-                _http_sink: Some(sink),
-            };
-            (peers, config)
+            (Upstream::Http(sink), proxy, config)
         }
         Link::MqttUplink => {
             let b = broker.as_ref().unwrap();
             let sink = MqttSink::open(&dir.join("sink"), &b.url());
             let proxy = FaultProxy::start(b.addr).await;
             let config = relay_config_mqtt(&relay_dir, &format!("mqtt://{}", proxy.addr));
-            let peers = Peers {
-                store: sink.store.clone(),
-                proxy,
-                broker,
-                mqtt_sink: Some(sink),
-                _http_sink: None,
-            };
-            (peers, config)
+            (Upstream::Mqtt(sink), proxy, config)
         }
         Link::MqttIngest => {
             let sink = Sink::start(&dir.join("sink")).await;
@@ -129,15 +115,14 @@ async fn peers(dir: &std::path::Path, link: Link) -> (Peers, Config) {
                 topics: vec![INGEST_FILTER.to_owned()],
                 ..MqttIngestConfig::default()
             });
-            let peers = Peers {
-                store: sink.store.clone(),
-                proxy,
-                broker,
-                mqtt_sink: None,
-                _http_sink: Some(sink),
-            };
-            (peers, config)
+            (Upstream::Http(sink), proxy, config)
         }
+    };
+    let peers = Peers {
+        store: upstream.store(),
+        proxy,
+        broker,
+        upstream,
     };
     config.relay.request_timeout_ms = REQUEST_TIMEOUT_MS;
     config.relay.backoff_initial_ms = 10;
@@ -245,9 +230,7 @@ async fn one_run(
     let faults = peers.proxy.faults();
     let run = format!("run={run} schedule={schedule:?}");
     relay.stop().await;
-    if let Some(sink) = peers.mqtt_sink {
-        sink.stop().await;
-    }
+    peers.upstream.stop().await;
     verdict(summary, &run, &audit, faults, drain, bound);
 }
 
@@ -261,16 +244,7 @@ fn produced_events(store: &SinkStore, stream: Uuid) -> Vec<Event> {
 
 /// Waits (polling the upstream's store, bounded) until it holds `n` producer events.
 async fn upstream_holds(store: &SinkStore, stream: Uuid, n: usize, bound: Duration) {
-    let deadline = Instant::now() + bound;
-    loop {
-        let held = produced_events(store, stream).len();
-        if held >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "liveness: upstream holds {held} of {n} ingested events after {bound:?}"
-        );
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
+    let what = format!("liveness: upstream holds {n} ingested events");
+    let held = || async { Some(produced_events(store, stream).len()) };
+    poll_until(bound, &what, held, |held| *held >= n).await;
 }

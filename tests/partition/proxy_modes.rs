@@ -53,6 +53,15 @@ async fn exchange(s: &mut TcpStream, out: &[u8], expect: usize) -> std::io::Resu
     Ok(got)
 }
 
+/// A proxy in front of an echo server, and a connection through it that echoed (opened before
+/// any fault).
+async fn proxy_with_open_connection() -> (FaultProxy, TcpStream) {
+    let proxy = FaultProxy::start(echo_server().await).await;
+    let mut open = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(&mut open, b"a", 1).await.unwrap(), b"a");
+    (proxy, open)
+}
+
 #[tokio::test]
 async fn pass_delay_and_throttle_forward_every_byte() {
     let proxy = FaultProxy::start(echo_server().await).await;
@@ -81,9 +90,7 @@ async fn pass_delay_and_throttle_forward_every_byte() {
 
 #[tokio::test]
 async fn refuse_closes_new_connections_and_keeps_open_ones() {
-    let proxy = FaultProxy::start(echo_server().await).await;
-    let mut open = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(exchange(&mut open, b"a", 1).await.unwrap(), b"a");
+    let (proxy, mut open) = proxy_with_open_connection().await;
     proxy.set(Mode::Refuse);
     let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
     let got = exchange(&mut refused, b"b", 1).await.unwrap_or_default();
@@ -94,9 +101,7 @@ async fn refuse_closes_new_connections_and_keeps_open_ones() {
 
 #[tokio::test]
 async fn reset_resets_open_and_new_connections() {
-    let proxy = FaultProxy::start(echo_server().await).await;
-    let mut open = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(exchange(&mut open, b"a", 1).await.unwrap(), b"a");
+    let (proxy, mut open) = proxy_with_open_connection().await;
     proxy.set(Mode::Reset);
     let mut buf = [0u8; 16];
     let err = tokio::time::timeout(WAIT, open.read(&mut buf))
@@ -115,9 +120,7 @@ async fn reset_resets_open_and_new_connections() {
 
 #[tokio::test]
 async fn blackhole_swallows_bytes_without_closing_even_after_a_heal() {
-    let proxy = FaultProxy::start(echo_server().await).await;
-    let mut open = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(exchange(&mut open, b"a", 1).await.unwrap(), b"a");
+    let (proxy, mut open) = proxy_with_open_connection().await;
     proxy.set(Mode::Blackhole);
     let mut new = TcpStream::connect(proxy.addr).await.unwrap();
     // Both connections turned half-open before the heal.

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::summary::FamilySummary;
+use crate::support::mcp_mqtt::MqttSink;
 use crate::support::mosquitto::publish_qos1;
-use crate::support::{accepted, event};
+use crate::support::process::child_command;
+use crate::support::{Sink, accepted, event};
 
 /// Gateway id of every family's relay.
 pub const GATEWAY: &str = "test-gw";
@@ -69,6 +72,43 @@ pub fn count_from_env(var: &str, default: u64) -> u64 {
 /// lands, never a wait for a condition.
 pub async fn hold(rng: &mut StdRng, range_ms: Range<u64>) {
     tokio::time::sleep(Duration::from_millis(rng.random_range(range_ms))).await;
+}
+
+/// `program` as a family's child process: `RUST_LOG` from `PARTITION_CHILD_LOG` (default
+/// `error`), no stdin, stdout discarded, stderr inherited.
+pub fn family_child(program: &str) -> Command {
+    let log = std::env::var("PARTITION_CHILD_LOG").unwrap_or_else(|_| "error".into());
+    child_command(program, &log)
+}
+
+/// A run's reference upstream in the test process: over MCP Streamable HTTP or MCP over MQTT.
+pub enum Upstream {
+    /// Served over MCP Streamable HTTP on loopback.
+    Http(Sink),
+    /// Served over MCP over MQTT through a broker.
+    Mqtt(MqttSink),
+}
+
+impl Upstream {
+    /// The upstream's own store.
+    pub fn store(&self) -> Arc<SinkStore> {
+        match self {
+            Upstream::Http(sink) => sink.store.clone(),
+            Upstream::Mqtt(sink) => sink.store.clone(),
+        }
+    }
+
+    /// Stops serving (the store stays readable through [`Upstream::store`]'s handles).
+    pub async fn stop(self) {
+        match self {
+            Upstream::Http(sink) => {
+                sink.stop().await;
+            }
+            Upstream::Mqtt(sink) => {
+                sink.stop().await;
+            }
+        }
+    }
 }
 
 /// A producer in its own task; [`Producer::finish`] stops it after its current batch and

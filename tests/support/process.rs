@@ -1,17 +1,27 @@
 //! The real `edge-relay` binary as a child process: its config file, spawn, signals, exit, status.
 
 use std::ffi::OsStr;
+use std::fmt::{Debug, Display};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_relay::local_client;
+use edge_relay::status::StatusReport;
 use hyper::Method;
-use serde_json::Value;
+
+use super::WAIT;
 
 /// Pause between two looks at a condition that has no signal to wait on (a child's exit).
 pub const POLL: Duration = Duration::from_millis(20);
+
+/// The `edge-relay` binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_edge-relay");
+
+/// `[relay]` keys of [`write_config`]: fast reconnects, batches of at most 50 events.
+pub const FAST_RELAY: &str = "backoff_initial_ms = 20\nbackoff_max_ms = 200\nbatch_max_events = 50";
 
 /// A loopback address with a port that was free a moment ago (for a child to bind).
 pub fn free_port() -> SocketAddr {
@@ -22,15 +32,25 @@ pub fn free_port() -> SocketAddr {
 }
 
 /// Writes `dir/edge-relay.toml`: gateway `gateway`, outbox in `dir/relay`, ingest on `listen`,
-/// `upstream` as the `[upstream]` keys, fast reconnects; returns its path.
+/// `upstream` as the `[upstream]` keys, [`FAST_RELAY`] as the `[relay]` keys; returns its path.
 pub fn write_config(dir: &Path, gateway: &str, listen: SocketAddr, upstream: &str) -> PathBuf {
+    write_config_with(dir, gateway, listen, upstream, FAST_RELAY)
+}
+
+/// [`write_config`] with `relay` as the `[relay]` keys.
+pub fn write_config_with(
+    dir: &Path,
+    gateway: &str,
+    listen: impl Display,
+    upstream: &str,
+    relay: &str,
+) -> PathBuf {
     let path = dir.join("edge-relay.toml");
     std::fs::write(
         &path,
         format!(
             "gateway_id = \"{gateway}\"\ndata_dir = \"{}\"\n[ingest.http]\nlisten = \"{listen}\"\n\
-             [upstream]\n{upstream}\n[relay]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
-             batch_max_events = 50\n",
+             [upstream]\n{upstream}\n[relay]\n{relay}\n",
             dir.join("relay").display(),
         ),
     )
@@ -63,15 +83,22 @@ impl Drop for DaemonChild {
     }
 }
 
+/// `program` as a child with `RUST_LOG=log`: no stdin, stdout discarded, stderr inherited (its
+/// log shows in the test's output).
+pub fn child_command(program: &str, log: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("RUST_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
 /// Starts `edge-relay run --config config` with `env` added, outside any systemd context
 /// (`NOTIFY_SOCKET`, `WATCHDOG_*`, `JOURNAL_STREAM` and `STATE_DIRECTORY` removed first).
 pub fn spawn_daemon(config: &Path, env: &[(&str, &OsStr)]) -> DaemonChild {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-relay"));
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    let mut cmd = child_command(BINARY, "warn");
+    cmd.args(["run", "--config"]).arg(config);
     for var in [
         "NOTIFY_SOCKET",
         "WATCHDOG_USEC",
@@ -85,6 +112,25 @@ pub fn spawn_daemon(config: &Path, env: &[(&str, &OsStr)]) -> DaemonChild {
     DaemonChild(cmd.spawn().expect("spawn edge-relay"))
 }
 
+/// Spawns `cmd` and waits (bounded by [`WAIT`]) until `addr` accepts TCP connections; `what`
+/// names the child in the failure.
+pub async fn spawn_listening(cmd: &mut Command, addr: SocketAddr, what: &str) -> Child {
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    wait_listening(addr, what).await;
+    child
+}
+
+/// Polls (bounded by [`WAIT`]) until `addr` accepts TCP connections.
+pub async fn wait_listening(addr: SocketAddr, what: &str) {
+    poll_until(
+        WAIT,
+        &format!("{what} listening on {addr}"),
+        || async { tokio::net::TcpStream::connect(addr).await.ok() },
+        |_| true,
+    )
+    .await;
+}
+
 /// Sends SIGTERM to `child` (as systemd's `systemctl stop` does).
 pub fn sigterm(child: &Child) {
     let sent = Command::new("kill")
@@ -92,6 +138,12 @@ pub fn sigterm(child: &Child) {
         .status()
         .expect("run kill");
     assert!(sent.success(), "kill -TERM {} failed", child.id());
+}
+
+/// `kill -9` and reap.
+pub fn kill_9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// Waits for `child` to exit, at most `bound`; returns its status and how long it took.
@@ -109,12 +161,43 @@ pub async fn wait_exit(child: &mut Child, bound: Duration) -> (ExitStatus, Durat
     }
 }
 
-/// The daemon's `GET /v1/status` JSON, or `None` if it does not answer 200.
-pub async fn status(addr: SocketAddr) -> Option<Value> {
+/// The daemon's `GET /v1/status`, or `None` while it does not answer 200 (down, starting).
+pub async fn status(addr: SocketAddr) -> Option<StatusReport> {
     let (code, body) = local_client::request(addr, Method::GET, "/v1/status", vec![])
         .await
         .ok()?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// Everything the daemon accepted is acknowledged by the upstream.
+pub fn all_acked(report: &StatusReport) -> bool {
+    report.backlog_events == 0 && report.acked_seq + 1 == report.next_seq
+}
+
+/// Polls `probe` every [`POLL`] until it answers a value for which `done` holds; returns it.
+///
+/// # Panics
+/// Not within `bound` (the message names `what` and the last answer).
+pub async fn poll_until<T, F, Fut>(
+    bound: Duration,
+    what: &str,
+    probe: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: Debug,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Some(v) if done(&v) => return v,
+            last => assert!(
+                started.elapsed() < bound,
+                "{what} within {bound:?}; last: {last:?}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
