@@ -11,6 +11,36 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long [`open`] waits for a store's lock that a just-dropped handle still holds.
+pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens a sled store, waiting up to [`LOCK_RELEASE_WAIT`] while its directory lock is held.
+///
+/// Dropping the last `sled::Db` does not release the lock at once: I/O jobs already on sled's
+/// thread pool hold the file until they finish, so reopening right after a close (a restart in
+/// the same process, the demo, tests) can find it still locked for a moment. Another live
+/// process holding the store still fails, after the wait, with sled's lock error.
+///
+/// # Errors
+/// sled's error: the lock is still held after the wait, or any other open failure at once.
+pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match config.open() {
+            // sled reports a held lock as `Other` with this text (sled 0.34 `Config::try_lock`;
+            // its own test builds block on the lock for the same race).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
 
 /// Handles on a sled store's files, used to make each flush a real sync. Clones share them.
 #[derive(Debug, Clone)]
@@ -140,6 +170,17 @@ mod tests {
         let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
         assert!(blobs >= 1, "a 300 KiB value is stored as a blob");
         assert!(*sync.inner.blobs_synced.lock().unwrap() > i64::MIN);
+    }
+
+    #[test]
+    fn a_store_held_by_a_live_handle_fails_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sled::Config::new().path(dir.path());
+        let _held = open(&config).unwrap();
+        let started = Instant::now();
+        let err = open(&config).unwrap_err().to_string();
+        assert!(err.contains("could not acquire lock"), "{err}");
+        assert!(started.elapsed() >= LOCK_RELEASE_WAIT);
     }
 
     #[test]

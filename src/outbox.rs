@@ -170,10 +170,11 @@ impl Outbox {
         // sled's own `flush` is not a real fsync on Linux: every group commit ends in
         // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
         // reads it.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_bytes)
-            .open()?;
+        let db = crate::durable::open(
+            &sled::Config::new()
+                .path(dir)
+                .cache_capacity(config.cache_bytes),
+        )?;
         let tree = db.open_tree("outbox")?;
         let stats = writer::load_or_init(&tree)?;
         let (stats_tx, stats_rx) = watch::channel(stats);
