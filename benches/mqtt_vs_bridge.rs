@@ -375,6 +375,7 @@ impl SinkTask {
             url: broker_url.to_owned(),
             server_name: SERVER_NAME.into(),
             password: None,
+            reconnect_max: edge_relay::sink::mqtt::BACKOFF.1,
         };
         let task = tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone()));
         Self { stop, task }

@@ -88,6 +88,7 @@ impl Upstream {
                 url: url.clone(),
                 server_name: SERVER_NAME.into(),
                 password: None,
+                reconnect_max: crate::sink::mqtt::BACKOFF.1,
             };
             tasks.push(tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone())));
         }

@@ -246,6 +246,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 url,
                 server_name,
                 password: None,
+                reconnect_max: sink::mqtt::BACKOFF.1,
             });
             sink::run(listen, &data_dir, mqtt, token).await?;
         }

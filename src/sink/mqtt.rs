@@ -36,6 +36,9 @@ pub struct MqttServe {
     pub server_name: String,
     /// Broker password (username = server-id), if the broker wants one.
     pub password: Option<Secret>,
+    /// Cap of the reconnect backoff (from `BACKOFF.0` up); normally `BACKOFF.1` (5 s), less in
+    /// crash loops that restart the broker many times.
+    pub reconnect_max: Duration,
 }
 
 struct Client {
@@ -59,7 +62,7 @@ pub async fn serve_mqtt(
         "bad server name {:?}: use a hierarchical name like edge/ingest",
         opts.server_name
     );
-    let mut backoff = Backoff::new(BACKOFF.0, BACKOFF.1);
+    let mut backoff = Backoff::new(BACKOFF.0, opts.reconnect_max.max(BACKOFF.0));
     let mut name = opts.server_name.clone();
     while !shutdown.is_cancelled() {
         let started = Instant::now();

@@ -32,6 +32,7 @@ impl MqttSink {
             url: broker.to_owned(),
             server_name: SERVER_NAME.into(),
             password: None,
+            reconnect_max: std::time::Duration::from_millis(300),
         };
         let task = tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone()));
         MqttSink { store, stop, task }
