@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 /// How long [`open`] waits for a store's lock that a just-dropped handle still holds.
 pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
-/// Opens a sled store, waiting up to [`LOCK_RELEASE_WAIT`] while its directory lock is held.
+/// Opens the sled store in `dir` with a page cache of `cache_bytes`, and its [`FsSync`];
+/// waits up to [`LOCK_RELEASE_WAIT`] while the directory lock is held.
 ///
 /// Dropping the last `sled::Db` does not release the lock at once: I/O jobs already on sled's
 /// thread pool hold the file until they finish, so reopening right after a close (a restart in
@@ -24,8 +25,17 @@ pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// process holding the store still fails, after the wait, with sled's lock error.
 ///
 /// # Errors
-/// sled's error: the lock is still held after the wait, or any other open failure at once.
-pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
+/// sled's error: the lock is still held after the wait, or any other open failure at once; or
+/// the store's files cannot be opened for syncing (`sled::Error::Io`).
+pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, FsSync)> {
+    let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
+    let db = open_waiting(&config)?;
+    let sync = FsSync::open(dir)?;
+    Ok((db, sync))
+}
+
+/// `config.open()`, retried while the lock is held, up to [`LOCK_RELEASE_WAIT`].
+fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_RELEASE_WAIT;
     loop {
         match config.open() {
@@ -105,16 +115,6 @@ impl FsSync {
             .map_err(|e| sled::Error::Io(io::Error::other(format!("fsync task: {e}"))))??;
         Ok(())
     }
-
-    /// Blocking [`FsSync::flush`], for threads that may block.
-    ///
-    /// # Errors
-    /// As [`FsSync::flush`].
-    pub fn flush_blocking(&self, db: &sled::Db) -> sled::Result<()> {
-        db.flush()?;
-        self.inner.sync()?;
-        Ok(())
-    }
 }
 
 impl Inner {
@@ -158,7 +158,6 @@ mod tests {
             let sync = FsSync::open(dir.path()).unwrap();
             db.insert(b"k", b"v").unwrap();
             sync.flush(&db).await.unwrap();
-            sync.flush_blocking(&db).unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
@@ -179,10 +178,9 @@ mod tests {
     #[test]
     fn a_store_held_by_a_live_handle_fails_after_the_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let config = sled::Config::new().path(dir.path());
-        let _held = open(&config).unwrap();
+        let _held = open(dir.path(), 1 << 20).unwrap();
         let started = Instant::now();
-        let err = open(&config).unwrap_err().to_string();
+        let err = open(dir.path(), 1 << 20).unwrap_err().to_string();
         assert!(err.contains("could not acquire lock"), "{err}");
         assert!(started.elapsed() >= LOCK_RELEASE_WAIT);
     }

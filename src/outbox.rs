@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use crate::config::Overflow;
 use crate::contract::Gap;
-use crate::durable::FsSync;
 use crate::event::{Event, NewEvent};
 
 pub use writer::Writer;
@@ -170,16 +169,11 @@ impl Outbox {
         // sled's own `flush` is not a real fsync on Linux: every group commit ends in
         // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
         // reads it.
-        let db = crate::durable::open(
-            &sled::Config::new()
-                .path(dir)
-                .cache_capacity(config.cache_bytes),
-        )?;
+        let (db, sync) = crate::durable::open(dir, config.cache_bytes)?;
         let tree = db.open_tree("outbox")?;
         let stats = writer::load_or_init(&tree)?;
         let (stats_tx, stats_rx) = watch::channel(stats);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let sync = FsSync::open(dir).map_err(sled::Error::from)?;
         let w = Writer::new(db, sync, tree.clone(), config, stats, rx, stats_tx);
         Ok((
             Outbox {

@@ -84,19 +84,11 @@ impl SinkStore {
     /// [`SinkError::Open`] when sled cannot open the dir, e.g. while another `SinkStore` (in
     /// this or another process) still holds it.
     pub fn open(dir: &Path) -> Result<SinkStore, SinkError> {
-        let db = crate::durable::open(
-            &sled::Config::new()
-                .path(dir)
-                .cache_capacity(CACHE_CAPACITY_BYTES),
-        )
-        .map_err(|source| SinkError::Open {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let sync = FsSync::open(dir).map_err(|e| SinkError::Open {
-            path: dir.to_owned(),
-            source: e.into(),
-        })?;
+        let (db, sync) =
+            crate::durable::open(dir, CACHE_CAPACITY_BYTES).map_err(|source| SinkError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
         Ok(SinkStore {
             sync,
             streams: db.open_tree("streams")?,
