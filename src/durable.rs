@@ -1,11 +1,14 @@
-//! Durable flush of a sled store: sled's own flush, then the filesystem sync sled leaves out.
+//! Durable flush of a sled store: sled's own flush, then the filesystem syncs sled leaves out;
+//! and an open that never turns a store sled cannot open into a crash loop.
 //!
 //! sled 0.34 on Linux makes `flush` "durable" with `sync_file_range`, which flushes neither the
-//! drive's volatile write cache nor the metadata of a grown file, and it never syncs its blob
-//! files (log items over `segment_size / 4` = 128 KiB, e.g. a leaf page of 17 large events) nor
-//! their directory entries. A power cut could then lose, or corrupt the store around, events a
-//! producer was told "accepted". [`FsSync`] adds the `fdatasync`s that close those holes; it
-//! costs one device cache flush per group commit (about 4 ms on this project's CI VM).
+//! drive's volatile write cache nor the metadata of a grown file; it never syncs its `conf`
+//! file, its directory entries, or its blob files (log items over `segment_size / 4` =
+//! 128 KiB), and the log entry that points at a blob can reach the disk before the blob does.
+//! [`FsSync`] adds the `fdatasync`s of the log and the directory; blobs are avoided rather than
+//! synced: callers keep every sled value small enough that no page ever becomes one (the
+//! outbox's and the sink's stores keep values at or under 4 KiB, see `outbox::chunk`). Blobs
+//! found anyway (a store written by an older version) are synced before the log each flush.
 
 use std::fs::File;
 use std::io;
@@ -32,6 +35,17 @@ pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, FsSync)> {
     let db = open_waiting(&config)?;
     let sync = FsSync::open(dir)?;
     Ok((db, sync))
+}
+
+/// Whether sled's error means the store itself cannot be opened (damage, a layout this build
+/// cannot read), as opposed to a condition outside it (a held lock, permissions, a full disk).
+pub fn is_unopenable(e: &sled::Error) -> bool {
+    matches!(
+        e,
+        sled::Error::Corruption { .. }
+            | sled::Error::ReportableBug(_)
+            | sled::Error::Unsupported(_)
+    )
 }
 
 /// `config.open()`, retried while the lock is held, up to [`LOCK_RELEASE_WAIT`].
@@ -62,15 +76,25 @@ pub struct FsSync {
 struct Inner {
     /// sled's log file, `<dir>/db`.
     log: File,
+    /// The store's directory (snapshot files are renamed into it, old ones unlinked).
+    dir: File,
     /// `<dir>/blobs`, where sled writes one file per blob, named by its LSN.
     blobs: PathBuf,
-    /// Highest blob LSN already synced; blobs are immutable once written.
-    blobs_synced: Mutex<i64>,
+    /// What the last sync saw: blob files with their synced lengths, and the directory's
+    /// entries (to sync the directory only when they changed).
+    synced: Mutex<Seen>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    blobs: Vec<(std::ffi::OsString, u64)>,
+    entries: Vec<std::ffi::OsString>,
 }
 
 impl FsSync {
-    /// Opens the files of the sled store in `dir` (call after sled opened it) and syncs the
-    /// directory once, so a store created just now keeps its entries.
+    /// Opens the files of the sled store in `dir` (call after sled opened it) and syncs sled's
+    /// `conf` file (which sled writes without a sync) and the directories once, so a store
+    /// created just now keeps its entries.
     ///
     /// # Errors
     /// A file cannot be opened or synced (missing, permissions, I/O error); the message names it.
@@ -81,16 +105,18 @@ impl FsSync {
         let log_path = dir.join("db");
         let log = File::open(&log_path).map_err(|e| named(&log_path, e))?;
         let blobs = dir.join("blobs");
-        for d in [dir, blobs.as_path()] {
-            File::open(d)
+        let conf = dir.join("conf");
+        for path in [conf.as_path(), blobs.as_path(), dir] {
+            File::open(path)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| named(d, e))?;
+                .map_err(|e| named(path, e))?;
         }
         Ok(FsSync {
             inner: Arc::new(Inner {
                 log,
+                dir: File::open(dir).map_err(|e| named(dir, e))?,
                 blobs,
-                blobs_synced: Mutex::new(i64::MIN),
+                synced: Mutex::default(),
             }),
         })
     }
@@ -118,32 +144,58 @@ impl FsSync {
 }
 
 impl Inner {
-    /// `fdatasync` of the log (its data and grown size), then of every blob newer than the last
-    /// sync and of the blob directory's entries. Blobs are rare: items over 128 KiB.
+    /// `fdatasync` of every blob file that is new or grew since the last sync (so a blob sled
+    /// was still writing is synced again once complete) and of the blob directory, then of the
+    /// log (its data and grown size): a durable log entry never points at a blob that is not.
+    /// Then `fsync` of the store's directory when its entries changed (a new snapshot, an old
+    /// one removed).
     fn sync(&self) -> io::Result<()> {
-        self.log.sync_data()?;
-        let mut synced = self
-            .blobs_synced
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut newest = *synced;
-        for entry in std::fs::read_dir(&self.blobs)? {
-            let entry = entry?;
-            let lsn = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i64>().ok());
-            if let Some(lsn) = lsn.filter(|&lsn| lsn > *synced) {
-                File::open(entry.path())?.sync_data()?;
-                newest = newest.max(lsn);
+        let mut seen = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        let blobs = listing(&self.blobs, true)?;
+        let blob_list: Vec<(std::ffi::OsString, u64)> = blobs
+            .into_iter()
+            .map(|(name, len)| (name, len.unwrap_or(0)))
+            .collect();
+        if blob_list != seen.blobs {
+            for entry in blob_list.iter().filter(|e| !seen.blobs.contains(e)) {
+                File::open(self.blobs.join(&entry.0))?.sync_data()?;
             }
-        }
-        if newest > *synced {
             File::open(&self.blobs)?.sync_all()?;
-            *synced = newest;
         }
+        self.log.sync_data()?;
+        let entries: Vec<std::ffi::OsString> = listing(self.dir_path(), false)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        if entries != seen.entries {
+            self.dir.sync_all()?;
+        }
+        *seen = Seen {
+            blobs: blob_list,
+            entries,
+        };
         Ok(())
     }
+
+    fn dir_path(&self) -> &Path {
+        self.blobs.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Sorted names in `dir`, with file lengths when `lengths`.
+fn listing(dir: &Path, lengths: bool) -> io::Result<Vec<(std::ffi::OsString, Option<u64>)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let len = if lengths {
+            Some(entry.metadata()?.len())
+        } else {
+            None
+        };
+        out.push((entry.file_name(), len));
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -172,7 +224,7 @@ mod tests {
         sync.flush(&db).await.unwrap();
         let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
         assert!(blobs >= 1, "a 300 KiB value is stored as a blob");
-        assert!(*sync.inner.blobs_synced.lock().unwrap() > i64::MIN);
+        assert_eq!(sync.inner.synced.lock().unwrap().blobs.len(), blobs);
     }
 
     #[test]

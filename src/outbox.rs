@@ -2,15 +2,21 @@
 //!
 //! Layout: one sled tree, keys prefixed by kind, because a sled `Batch` is atomic only within one
 //! tree and every commit must move events, ids and counters together:
-//! - `e` + seq (u64 BE) → event as JSON;
-//! - `i` + id (16 bytes) → seq (u64 BE), producer idempotency;
-//! - `m` + name → meta value (`stream` UUID, u64 BE counters);
-//! - `r` + seq (u64 BE) → ids (16 bytes each) of events deleted (acked or dropped) at or below
-//!   seq, so their `i` entries can be forgotten after `id_retention` without scanning the index.
+//! - `c` + first seq (u64 BE) + piece (u16 BE) → a chunk: the events of one group commit in
+//!   their encoded wire form, split into pieces of at most 4 KiB so that sled never writes a
+//!   blob file ([`chunk`]);
+//! - `i` + id (16 bytes) → seq (u64 BE): idempotency, for producer-supplied ids only;
+//! - `s` + seq (u64 BE) → id: the same entries by seq, so that rollback and pruning walk a range;
+//! - `m` + name → meta value (`stream` UUID, `layout`, u64 BE counters).
 //!
-//! Writes go through the single [`writer::Writer`] task; reads (`batch_after`, `stats`) go to sled
-//! directly but never past the durable seq, so nothing un-fsynced ever leaves the gateway.
+//! Acks and `drop_oldest` delete whole chunks; a chunk the cursor is inside stays until its last
+//! event is acknowledged. Writes go through the single [`writer::Writer`] task; reads
+//! (`batch_after`, `stats`) go to sled directly but never past the durable seq, so nothing
+//! un-fsynced ever leaves the gateway. A store of the first layout (one key per event) is
+//! migrated at open ([`recovery`]).
 
+pub mod chunk;
+mod recovery;
 mod writer;
 
 use std::path::Path;
@@ -52,7 +58,7 @@ impl From<&crate::config::BufferConfig> for OutboxConfig {
 }
 
 /// Outbox failures. `Full` maps to HTTP 507, `Closed` and `Storage` to 503.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboxError {
     /// `overflow = "reject"` and the events do not fit, or one request alone exceeds `max_bytes`.
     #[error("buffer full: {needed} more bytes do not fit ({used} of {max} bytes used)")]
@@ -124,16 +130,10 @@ pub struct Outbox {
     stats: watch::Receiver<OutboxStats>,
 }
 
-pub(crate) const EVENT: u8 = b'e';
+pub(crate) const CHUNK: u8 = b'c';
 pub(crate) const ID: u8 = b'i';
+pub(crate) const ID_BY_SEQ: u8 = b's';
 pub(crate) const META: u8 = b'm';
-pub(crate) const RETIRED: u8 = b'r';
-
-pub(crate) fn event_key(seq: u64) -> [u8; 9] {
-    let mut k = [EVENT; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
 
 pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
     let mut k = [ID; 17];
@@ -141,8 +141,8 @@ pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
     k
 }
 
-pub(crate) fn retired_key(seq: u64) -> [u8; 9] {
-    let mut k = [RETIRED; 9];
+pub(crate) fn id_by_seq_key(seq: u64) -> [u8; 9] {
+    let mut k = [ID_BY_SEQ; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
@@ -171,7 +171,7 @@ impl Outbox {
         // reads it.
         let (db, sync) = crate::durable::open(dir, config.cache_bytes)?;
         let tree = db.open_tree("outbox")?;
-        let stats = writer::load_or_init(&tree)?;
+        let stats = recovery::load_or_init(&tree)?;
         let (stats_tx, stats_rx) = watch::channel(stats);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let w = Writer::new(db, sync, tree.clone(), config, stats, rx, stats_tx);
@@ -234,7 +234,13 @@ impl Outbox {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, OutboxError> {
-        self.events_before(after, self.stats().next_seq, max_events, max_bytes)
+        let stats = self.stats();
+        self.events_before(
+            after.max(stats.acked_seq),
+            stats.next_seq,
+            max_events,
+            max_bytes,
+        )
     }
 
     /// What to deliver after `cursor`: [`Outbox::batch_after`]'s events, and the gap of missing
@@ -251,18 +257,25 @@ impl Outbox {
     ) -> Result<Delivery, OutboxError> {
         // One read of the durable end for both: a commit published between two reads would
         // make the events it just stored look like a gap (reported, then skipped).
-        self.delivery_before(cursor, self.stats().next_seq, max_events, max_bytes)
+        self.delivery_before(cursor, self.stats(), max_events, max_bytes)
     }
 
-    /// [`Outbox::next_delivery`] as of the durable end `durable_end` (a `next_seq`).
+    /// [`Outbox::next_delivery`] as of the counters `stats` (its `next_seq` is the durable
+    /// end; events at or below its `acked_seq` are gone even where their chunk is still stored).
     fn delivery_before(
         &self,
         cursor: u64,
-        durable_end: u64,
+        stats: OutboxStats,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Delivery, OutboxError> {
-        let events = self.events_before(cursor, durable_end, max_events, max_bytes)?;
+        let durable_end = stats.next_seq;
+        let events = self.events_before(
+            cursor.max(stats.acked_seq),
+            durable_end,
+            max_events,
+            max_bytes,
+        )?;
         let gap_end = events
             .first()
             .map_or(durable_end.saturating_sub(1), |e| e.seq - 1);
@@ -274,6 +287,9 @@ impl Outbox {
     }
 
     /// [`Outbox::batch_after`] below `durable_end`.
+    ///
+    /// A chunk found incomplete is one `drop_oldest` is deleting while this reads (only the
+    /// oldest chunks are ever deleted): it is skipped, and its seqs show as a gap.
     fn events_before(
         &self,
         after: u64,
@@ -286,22 +302,39 @@ impl Outbox {
         if after.saturating_add(1) >= durable_end {
             return Ok(out);
         }
-        for item in self
-            .tree
-            .range(event_key(after + 1)..event_key(durable_end))
-        {
-            let (key, value) = item?;
-            let seq = decode_u64(&key[1..]).unwrap_or(0);
-            if !out.is_empty() && (out.len() >= max_events || bytes + value.len() > max_bytes) {
+        'chunks: for stored in chunk::from_seq(&self.tree, after + 1) {
+            let stored = stored?;
+            if stored.first_seq >= durable_end {
                 break;
             }
-            bytes += value.len();
-            let event: Event =
-                serde_json::from_slice(&value).map_err(|e| OutboxError::Corrupt {
-                    seq,
-                    reason: e.to_string(),
-                })?;
-            out.push(event);
+            let events = match stored.events() {
+                Ok(events) => events,
+                Err(chunk::ChunkError::Incomplete { .. }) if out.is_empty() => continue,
+                Err(e) => {
+                    return Err(OutboxError::Corrupt {
+                        seq: stored.first_seq,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            for (seq, encoded) in events {
+                if seq <= after {
+                    continue;
+                }
+                if seq >= durable_end
+                    || (!out.is_empty()
+                        && (out.len() >= max_events || bytes + encoded.len() > max_bytes))
+                {
+                    break 'chunks;
+                }
+                bytes += encoded.len();
+                let event: Event =
+                    serde_json::from_slice(encoded).map_err(|e| OutboxError::Corrupt {
+                        seq,
+                        reason: e.to_string(),
+                    })?;
+                out.push(event);
+            }
         }
         Ok(out)
     }

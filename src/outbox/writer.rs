@@ -1,20 +1,17 @@
-//! The outbox's single writer: group commit (apply batches, one fsync, then answer everyone).
+//! The outbox's single writer: group commit (stage a group, write it, one fsync, then answer
+//! everyone).
 //
-// Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group,
-// and applied as sled batches; then one fsync (`FsSync::flush`) makes the whole group durable
-// and only then are the producers answered and the durable seq published to readers.
+// Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group.
+// Appends are staged in memory as chunks (`chunk::Builder`); at the end of the group each chunk
+// is written as one sled batch (its pieces and the index entries of its producer-supplied ids),
+// the last one also carrying the counters; then one fsync (`FsSync::flush`) makes the group
+// durable, and only then are the producers answered and the durable seq published to readers.
+// A crash between those batches leaves chunks past the durable `next_seq`, which the next open
+// rolls back (`recovery::roll_back`), so a group stays all or nothing.
 //
-// No sled batch holds more than `SLED_BATCH_MAX_EVENTS` events: sled 0.34 keeps every tree node
-// version a batch replaces alive until the batch ends, and the heap does not shrink back (a 1M
-// event fill in batches of 1000 events peaked at 1.1 GB RSS, in batches of 100 at 55 MB). So
-// every write is chunked, and every chunk leaves a state that `load_or_init` can open:
-// - an append writes its records in chunks and its counters with the last one; chunks of an
-//   append whose last chunk did not survive a crash lie past `next_seq` and are rolled back at
-//   open, so an append stays all or nothing (and its ids are not left claiming unstored events);
-// - an ack, or a drop under `drop_oldest`, deletes events in chunks that each carry the counters
-//   and cursor as of that chunk, plus a "retired" record with the deleted events' ids;
-// - id pruning deletes the ids of retired records once they are `id_retention` seqs behind the
-//   cursor, a few chunks per ack, so its work follows the acks instead of scanning the index.
+// Acks and `drop_oldest` delete whole chunks, a few per sled batch, each batch carrying the
+// counters as of its last chunk. Id pruning walks the by-seq index (`s` + seq) up to
+// `id_retention` seqs behind the cursor, a bounded number per ack.
 
 use std::collections::HashMap;
 
@@ -22,25 +19,25 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::chunk::{self, Builder};
+use super::recovery::{event_id, put_counters, roll_back};
 use super::{
-    Appended, Command, ID, OutboxConfig, OutboxError, OutboxStats, decode_u64, event_key, id_key,
-    meta_key, retired_key,
+    Appended, Command, OutboxConfig, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key,
 };
 use crate::config::Overflow;
 use crate::durable::FsSync;
 use crate::event::{NewEvent, now_rfc3339};
 use crate::heartbeat::Heartbeat;
 
-/// Most events applied in one sled batch.
-pub const SLED_BATCH_MAX_EVENTS: usize = 128;
 /// Most events in one group commit (one fsync).
 pub const GROUP_MAX_EVENTS: usize = 1024;
-/// Most retired-id records (of up to `SLED_BATCH_MAX_EVENTS` ids) one ack prunes; acks retire
-/// about as many, so this is the catch-up rate, and it bounds the writer's pause.
-const PRUNE_RECORDS_PER_ACK: usize = 16;
-/// Most id index entries one ack examines in a full-index prune pass (only needed for ids that
-/// have no retired record: stores written before those records existed).
-const PRUNE_SCAN_PER_ACK: usize = 8192;
+/// Most chunks one sled batch of an ack or a drop deletes.
+const CHUNKS_PER_BATCH: usize = 16;
+/// Most remembered ids one ack forgets; acks retire about as many, so this is the catch-up
+/// rate, and it bounds the writer's pause.
+const PRUNE_IDS_PER_ACK: usize = 4096;
+/// Most ids forgotten in one sled batch.
+const PRUNE_BATCH: usize = 128;
 
 /// The writer task; run it with [`Writer::run`].
 pub struct Writer {
@@ -48,13 +45,27 @@ pub struct Writer {
     sync: FsSync,
     tree: sled::Tree,
     config: OutboxConfig,
+    /// Counters as written to sled (durable once the group's fsync returns).
     stats: OutboxStats,
-    ids_stored: u64,
-    /// Where the running full-index prune pass continues (`None`: no pass running).
-    prune_from: Option<Vec<u8>>,
+    /// A write failed part way: records may lie past `stats.next_seq` until rolled back.
+    dirty: bool,
     commands: mpsc::Receiver<Command>,
     published: watch::Sender<OutboxStats>,
     heartbeat: Heartbeat,
+}
+
+/// Appends staged in memory during one group commit.
+#[derive(Default)]
+struct Group {
+    /// Closed chunks, then the open one last.
+    chunks: Vec<Builder>,
+    /// Producer-supplied ids of the staged events, with their seqs.
+    ids: Vec<(Uuid, u64)>,
+    /// The same, to find a repeat within the group.
+    fresh: HashMap<Uuid, u64>,
+    /// Staged events and their encoded bytes.
+    events: u64,
+    bytes: u64,
 }
 
 enum Reply {
@@ -68,91 +79,6 @@ enum Reply {
     ),
 }
 
-/// Reads the counters, creating a new stream on an empty store.
-pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError> {
-    let get = |name: &str| -> Result<Option<u64>, OutboxError> {
-        Ok(tree.get(meta_key(name))?.and_then(|v| decode_u64(&v)))
-    };
-    if let Some(stream) = tree.get(meta_key("stream"))? {
-        let stream = Uuid::from_slice(&stream).map_err(|e| OutboxError::Corrupt {
-            seq: 0,
-            reason: format!("stream id: {e}"),
-        })?;
-        let stats = OutboxStats {
-            stream,
-            next_seq: get("next_seq")?.unwrap_or(1),
-            acked_seq: get("acked_seq")?.unwrap_or(0),
-            backlog_events: get("backlog_events")?.unwrap_or(0),
-            backlog_bytes: get("backlog_bytes")?.unwrap_or(0),
-            dropped_events: get("dropped_events")?.unwrap_or(0),
-        };
-        roll_back_partial_append(tree, stats.next_seq)?;
-        return Ok(stats);
-    }
-    let stats = OutboxStats {
-        stream: Uuid::now_v7(),
-        next_seq: 1,
-        ..OutboxStats::default()
-    };
-    let mut batch = sled::Batch::default();
-    batch.insert(meta_key("stream"), stats.stream.as_bytes().to_vec());
-    put_counters(&mut batch, &stats);
-    tree.apply_batch(batch)?;
-    tree.flush()?;
-    log::info!(stream:% = stats.stream; "created a new outbox stream");
-    Ok(stats)
-}
-
-/// Deletes the records (and their ids) of an append whose last chunk, the one with the counters,
-/// was lost in a crash: they lie at or past `next_seq`. Its producer was never answered.
-fn roll_back_partial_append(tree: &sled::Tree, next_seq: u64) -> Result<(), OutboxError> {
-    let orphans = tree
-        .range(event_key(next_seq)..=event_key(u64::MAX))
-        .collect::<Result<Vec<_>, _>>()?;
-    if orphans.is_empty() {
-        return Ok(());
-    }
-    for chunk in orphans.chunks(SLED_BATCH_MAX_EVENTS) {
-        let mut batch = sled::Batch::default();
-        for (key, value) in chunk {
-            let seq = decode_u64(&key[1..]);
-            if let Some(id) = event_id(value) {
-                let indexed = tree.get(id_key(&id))?.and_then(|v| decode_u64(&v));
-                if indexed.is_some() && indexed == seq {
-                    batch.remove(&id_key(&id)[..]);
-                }
-            }
-            batch.remove(key);
-        }
-        tree.apply_batch(batch)?;
-    }
-    tree.flush()?;
-    log::warn!(next_seq = next_seq, events = orphans.len();
-        "rolled back the records of an append that a crash interrupted (never acknowledged)");
-    Ok(())
-}
-
-/// The `id` of a stored event record, without decoding the rest.
-fn event_id(value: &[u8]) -> Option<Uuid> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: Uuid,
-    }
-    serde_json::from_slice::<IdOnly>(value).ok().map(|e| e.id)
-}
-
-fn put_counters(batch: &mut sled::Batch, s: &OutboxStats) {
-    for (name, value) in [
-        ("next_seq", s.next_seq),
-        ("acked_seq", s.acked_seq),
-        ("backlog_events", s.backlog_events),
-        ("backlog_bytes", s.backlog_bytes),
-        ("dropped_events", s.dropped_events),
-    ] {
-        batch.insert(meta_key(name), value.to_be_bytes().to_vec());
-    }
-}
-
 impl Writer {
     pub(super) fn new(
         db: sled::Db,
@@ -163,15 +89,13 @@ impl Writer {
         commands: mpsc::Receiver<Command>,
         published: watch::Sender<OutboxStats>,
     ) -> Self {
-        let ids_stored = tree.scan_prefix([ID]).count() as u64;
         Self {
             db,
             sync,
             tree,
             config,
             stats,
-            ids_stored,
-            prune_from: None,
+            dirty: false,
             commands,
             published,
             heartbeat: Heartbeat::unwatched("writer"),
@@ -213,38 +137,57 @@ impl Writer {
 
     async fn commit_group(&mut self, first: Command) {
         let mut replies = Vec::new();
+        let mut group = Group::default();
         let mut events = 0usize;
         let mut next = Some(first);
+        let clean = self.clean_up();
         while let Some(cmd) = next.take() {
             events += match &cmd {
                 Command::Append { events, .. } => events.len().max(1),
                 Command::Ack { .. } => 1,
             };
-            replies.push(self.apply(cmd));
+            replies.push(match (&clean, cmd) {
+                (Err(e), Command::Append { reply, .. }) => Reply::Append(reply, Err(e.clone())),
+                (Err(e), Command::Ack { reply, .. }) => Reply::Ack(reply, Err(e.clone())),
+                (Ok(()), cmd) => self.apply(cmd, &mut group),
+            });
             if events < GROUP_MAX_EVENTS {
                 next = self.commands.try_recv().ok();
             }
         }
-        let flushed = self.sync.flush(&self.db).await;
+        let written = self.write_group(group);
+        let flushed = match written {
+            Ok(()) => self.sync.flush(&self.db).await.map_err(OutboxError::from),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &flushed {
-            log::error!(error:% = e; "outbox fsync failed; answering the group with an error");
+            log::error!(error:% = e; "outbox commit failed; answering the group with an error");
         } else {
             self.published.send_replace(self.stats);
         }
         for reply in replies {
             match (reply, &flushed) {
-                (Reply::Append(tx, r), Ok(_)) => drop(tx.send(r)),
-                (Reply::Ack(tx, r), Ok(_)) => drop(tx.send(r)),
-                (Reply::Append(tx, _), Err(e)) => drop(tx.send(Err(e.clone().into()))),
-                (Reply::Ack(tx, _), Err(e)) => drop(tx.send(Err(e.clone().into()))),
+                (Reply::Append(tx, r), Ok(())) => drop(tx.send(r)),
+                (Reply::Ack(tx, r), Ok(())) => drop(tx.send(r)),
+                (Reply::Append(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
+                (Reply::Ack(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
             }
         }
     }
 
-    fn apply(&mut self, cmd: Command) -> Reply {
+    /// After a failed write: rolls back what it left past `next_seq` before anything new.
+    fn clean_up(&mut self) -> Result<(), OutboxError> {
+        if self.dirty {
+            roll_back(&self.tree, self.stats.next_seq)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, cmd: Command, group: &mut Group) -> Reply {
         match cmd {
             Command::Append { events, reply } => {
-                let r = self.append(events);
+                let r = self.append(events, group);
                 if let Err(e) = &r {
                     log::warn!(error:% = e; "append refused");
                 }
@@ -254,104 +197,176 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, events: Vec<NewEvent>) -> Result<Appended, OutboxError> {
+    /// Stages one producer request in `group`: all of it, or none of it on an error.
+    fn append(
+        &mut self,
+        events: Vec<NewEvent>,
+        group: &mut Group,
+    ) -> Result<Appended, OutboxError> {
         let now = now_rfc3339();
-        let mut staged = self.stats;
+        let first_seq = self.stats.next_seq + group.events;
+        let mut next_seq = first_seq;
         let mut fresh: HashMap<Uuid, u64> = HashMap::new();
         let mut assigned = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
         let mut needed = 0u64;
         for new in events {
             if let Some(id) = new.id {
-                let known = match fresh.get(&id) {
+                let known = match fresh.get(&id).or_else(|| group.fresh.get(&id)) {
                     Some(seq) => Some(*seq),
-                    None => self.tree.get(id_key(&id))?.and_then(|v| decode_u64(&v)),
+                    None => self.known_seq(&id)?,
                 };
                 if let Some(seq) = known {
                     assigned.push((seq, id));
                     continue;
                 }
             }
+            let supplied = new.id.is_some();
             let id = new.id.unwrap_or_else(Uuid::now_v7);
-            let seq = staged.next_seq;
-            staged.next_seq += 1;
-            let event = new.commit(seq, id, &now);
-            let value = serde_json::to_vec(&event).map_err(|e| OutboxError::Corrupt {
-                seq,
-                reason: format!("encoding: {e}"),
+            let seq = next_seq;
+            next_seq += 1;
+            let value = serde_json::to_vec(&new.commit(seq, id, &now)).map_err(|e| {
+                OutboxError::Corrupt {
+                    seq,
+                    reason: format!("encoding: {e}"),
+                }
             })?;
-            needed += record_bytes(value.len());
-            fresh.insert(id, seq);
+            needed += value.len() as u64 + 1;
+            if supplied {
+                fresh.insert(id, seq);
+            }
             assigned.push((seq, id));
-            records.push((seq, id, value));
+            records.push(value);
         }
-        if staged.backlog_bytes + needed > self.config.max_bytes {
+        let used = self.stats.backlog_bytes + group.bytes;
+        if used + needed > self.config.max_bytes {
             let full = OutboxError::Full {
                 needed,
-                used: staged.backlog_bytes,
+                used,
                 max: self.config.max_bytes,
             };
-            if self.config.overflow == Overflow::Reject || needed > self.config.max_bytes {
+            if self.config.overflow == Overflow::Reject
+                || group.bytes + needed > self.config.max_bytes
+            {
                 return Err(full);
             }
-            self.drop_oldest(needed)?;
-            staged = OutboxStats {
-                next_seq: staged.next_seq,
-                ..self.stats
-            };
+            self.drop_oldest(group.bytes + needed)?;
         }
-        staged.backlog_bytes += needed;
-        staged.backlog_events += records.len() as u64;
-        let chunks = records.len().div_ceil(SLED_BATCH_MAX_EVENTS);
-        for (i, chunk) in records.chunks(SLED_BATCH_MAX_EVENTS).enumerate() {
-            let mut batch = sled::Batch::default();
-            for (seq, id, value) in chunk {
-                batch.insert(&event_key(*seq)[..], &value[..]);
-                batch.insert(&id_key(id)[..], &seq.to_be_bytes()[..]);
+        for value in &records {
+            match group.chunks.last_mut() {
+                Some(open) if !open.is_full() => open.push(value),
+                _ => {
+                    let seq = self.stats.next_seq + group.events;
+                    let mut open = Builder::new(seq);
+                    open.push(value);
+                    group.chunks.push(open);
+                }
             }
-            if i + 1 == chunks {
-                put_counters(&mut batch, &staged);
-            }
-            self.tree.apply_batch(batch)?;
+            group.events += 1;
         }
-        self.ids_stored += records.len() as u64;
-        self.stats = staged;
+        group.bytes += needed;
+        group.ids.extend(fresh.iter().map(|(id, seq)| (*id, *seq)));
+        group.fresh.extend(fresh);
         Ok(Appended { assigned })
     }
 
-    /// `overflow = "drop_oldest"`: deletes the oldest undelivered events until `needed` more
-    /// bytes fit, counting them as dropped (the relay reports them upstream as a gap).
+    /// The seq a producer-supplied id was stored under, checked against the events: an entry
+    /// at or past the durable end, or naming a stored event with another id, is stale (a
+    /// crash cut its commit) and means "not stored".
+    fn known_seq(&self, id: &Uuid) -> Result<Option<u64>, OutboxError> {
+        let Some(seq) = self.tree.get(id_key(id))?.and_then(|v| decode_u64(&v)) else {
+            return Ok(None);
+        };
+        if seq >= self.stats.next_seq {
+            return Ok(None);
+        }
+        if seq <= self.stats.acked_seq {
+            return Ok(Some(seq));
+        }
+        let Some(stored) = chunk::from_seq(&self.tree, seq).next().transpose()? else {
+            return Ok(Some(seq)); // dropped by drop_oldest: it was accepted once
+        };
+        let events = stored.events().map_err(|e| OutboxError::Corrupt {
+            seq,
+            reason: e.to_string(),
+        })?;
+        Ok(match events.iter().find(|(s, _)| *s == seq) {
+            Some((_, encoded)) => (event_id(encoded) == Some(*id)).then_some(seq),
+            None => Some(seq), // dropped by drop_oldest
+        })
+    }
+
+    /// Writes the staged chunks, one sled batch each, the counters with the last.
+    fn write_group(&mut self, group: Group) -> Result<(), OutboxError> {
+        if group.chunks.is_empty() {
+            return Ok(());
+        }
+        let mut staged = self.stats;
+        staged.next_seq += group.events;
+        staged.backlog_events += group.events;
+        let mut ids = group.ids;
+        ids.sort_unstable_by_key(|(_, seq)| *seq);
+        let mut ids = ids.iter().peekable();
+        let count = group.chunks.len();
+        let mut result = Ok(());
+        for (n, open) in group.chunks.iter().enumerate() {
+            let bytes = open.encode();
+            staged.backlog_bytes += chunk::stored_bytes(bytes.len());
+            let mut batch = sled::Batch::default();
+            chunk::put(&mut batch, open.first_seq, &bytes);
+            let end = open.first_seq + u64::from(open.count());
+            while let Some((id, seq)) = ids.next_if(|(_, seq)| *seq < end) {
+                batch.insert(&id_key(id)[..], &seq.to_be_bytes()[..]);
+                batch.insert(&id_by_seq_key(*seq)[..], id.as_bytes());
+            }
+            if n + 1 == count {
+                put_counters(&mut batch, &staged);
+            }
+            result = self.tree.apply_batch(batch);
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.stats = staged;
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `overflow = "drop_oldest"`: deletes the oldest chunks until `needed` more bytes fit,
+    /// counting their undelivered events as dropped (the relay reports them as a gap).
     fn drop_oldest(&mut self, needed: u64) -> Result<(), OutboxError> {
-        let (mut first, mut last) = (None, 0);
-        let mut dropped = 0usize;
+        let (mut first, mut last, mut dropped) = (None, 0, 0u64);
         while self.stats.backlog_bytes + needed > self.config.max_bytes {
-            let chunk = self
-                .tree
-                .range(event_key(self.stats.acked_seq + 1)..=event_key(u64::MAX))
-                .take(SLED_BATCH_MAX_EVENTS)
+            let chunks = chunk::from_seq(&self.tree, 0)
+                .take(CHUNKS_PER_BATCH)
                 .collect::<Result<Vec<_>, _>>()?;
-            if chunk.is_empty() {
+            if chunks.is_empty() {
                 break;
             }
             let mut staged = self.stats;
             let mut batch = sled::Batch::default();
-            let mut retired = Vec::with_capacity(chunk.len() * 16);
-            for (key, value) in chunk {
-                let seq = decode_u64(&key[1..]).unwrap_or(0);
-                staged.backlog_bytes -= record_bytes(value.len()).min(staged.backlog_bytes);
-                staged.backlog_events = staged.backlog_events.saturating_sub(1);
-                staged.dropped_events += 1;
-                if let Some(id) = event_id(&value) {
-                    retired.extend_from_slice(id.as_bytes());
+            for stored in chunks {
+                let (lo, hi) = self.unacked_range(&stored)?;
+                let events = (hi + 1).saturating_sub(lo);
+                staged.backlog_bytes -= stored.stored_bytes().min(staged.backlog_bytes);
+                staged.backlog_events -= events.min(staged.backlog_events);
+                staged.dropped_events += events;
+                if events > 0 {
+                    (first, last, dropped) = (first.or(Some(lo)), hi, dropped + events);
                 }
-                batch.remove(key);
-                (first, last, dropped) = (first.or(Some(seq)), seq, dropped + 1);
+                for key in &stored.keys {
+                    batch.remove(key);
+                }
                 if staged.backlog_bytes + needed <= self.config.max_bytes {
                     break;
                 }
-            }
-            if !retired.is_empty() {
-                batch.insert(&retired_key(last)[..], retired);
             }
             put_counters(&mut batch, &staged);
             self.tree.apply_batch(batch)?;
@@ -364,35 +379,49 @@ impl Writer {
         Ok(())
     }
 
-    /// Deletes acknowledged events up to `upto` in chunks of [`SLED_BATCH_MAX_EVENTS`], each
-    /// carrying the cursor and counters as of its last event and a retired record of their ids.
+    /// Seqs of `stored` above the cursor, as `(lo, hi)` (empty when `hi < lo`).
+    fn unacked_range(&self, stored: &chunk::Chunk) -> Result<(u64, u64), OutboxError> {
+        let last = stored.last_seq().map_err(|e| OutboxError::Corrupt {
+            seq: stored.first_seq,
+            reason: e.to_string(),
+        })?;
+        Ok((stored.first_seq.max(self.stats.acked_seq + 1), last))
+    }
+
+    /// Moves the cursor to `upto` (at most the last stored seq), deleting every chunk whose
+    /// events are all acknowledged, a few per sled batch with the counters as of its last one.
     fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
         let upto = upto.min(self.stats.next_seq.saturating_sub(1));
         while self.stats.acked_seq < upto {
-            let chunk = self
-                .tree
-                .range(event_key(self.stats.acked_seq + 1)..=event_key(upto))
-                .take(SLED_BATCH_MAX_EVENTS)
+            let chunks = chunk::from_seq(&self.tree, self.stats.acked_seq + 1)
+                .take(CHUNKS_PER_BATCH)
                 .collect::<Result<Vec<_>, _>>()?;
             let mut staged = self.stats;
-            // A short chunk is the rest of the range, so the cursor goes all the way.
-            staged.acked_seq = upto;
             let mut batch = sled::Batch::default();
-            let mut retired = Vec::with_capacity(chunk.len() * 16);
-            let full = chunk.len() == SLED_BATCH_MAX_EVENTS;
-            for (key, value) in chunk {
-                staged.backlog_bytes -= record_bytes(value.len()).min(staged.backlog_bytes);
-                staged.backlog_events = staged.backlog_events.saturating_sub(1);
-                if let Some(id) = event_id(&value) {
-                    retired.extend_from_slice(id.as_bytes());
+            // Whether `upto` lies within the chunks read (or past the last stored one).
+            let mut reached = chunks.len() < CHUNKS_PER_BATCH;
+            for stored in &chunks {
+                if stored.first_seq > upto {
+                    reached = true;
+                    break;
                 }
-                if full {
-                    staged.acked_seq = decode_u64(&key[1..]).unwrap_or(upto);
+                let (lo, hi) = self.unacked_range(stored)?;
+                let acked_to = hi.min(upto);
+                staged.backlog_events -=
+                    (acked_to + 1).saturating_sub(lo).min(staged.backlog_events);
+                staged.acked_seq = staged.acked_seq.max(acked_to);
+                if hi <= upto {
+                    staged.backlog_bytes -= stored.stored_bytes().min(staged.backlog_bytes);
+                    for key in &stored.keys {
+                        batch.remove(key);
+                    }
+                } else {
+                    reached = true;
                 }
-                batch.remove(key);
             }
-            if !retired.is_empty() {
-                batch.insert(&retired_key(staged.acked_seq)[..], retired);
+            // Seqs between the chunks read and `upto` were dropped: the cursor goes all the way.
+            if reached {
+                staged.acked_seq = upto;
             }
             put_counters(&mut batch, &staged);
             self.tree.apply_batch(batch)?;
@@ -407,197 +436,26 @@ impl Writer {
             .stats
             .acked_seq
             .saturating_sub(self.config.id_retention);
-        let mut removed = 0u64;
-        for item in self
+        let old = self
             .tree
-            .range(retired_key(0)..=retired_key(horizon))
-            .take(PRUNE_RECORDS_PER_ACK)
-        {
-            let (key, ids) = item?;
+            .range(id_by_seq_key(0)..=id_by_seq_key(horizon))
+            .take(PRUNE_IDS_PER_ACK)
+            .collect::<Result<Vec<_>, _>>()?;
+        for entries in old.chunks(PRUNE_BATCH) {
             let mut batch = sled::Batch::default();
-            for id in ids.chunks_exact(16) {
-                let id_key = [&[ID][..], id].concat();
-                // An id forgotten by a full-index pass may since have been stored again.
-                let seq = self.tree.get(&id_key)?.and_then(|v| decode_u64(&v));
-                if seq.is_some_and(|seq| seq <= horizon) {
-                    batch.remove(id_key);
-                    removed += 1;
+            for (key, id) in entries {
+                let seq = decode_u64(&key[1..]);
+                if let Ok(id) = Uuid::from_slice(id) {
+                    // The id may since have been stored again under a newer seq.
+                    let indexed = self.tree.get(id_key(&id))?.and_then(|v| decode_u64(&v));
+                    if indexed == seq {
+                        batch.remove(&id_key(&id)[..]);
+                    }
                 }
+                batch.remove(key);
             }
-            batch.remove(key);
             self.tree.apply_batch(batch)?;
         }
-        self.ids_stored -= removed.min(self.ids_stored);
-        self.prune_index(horizon)
-    }
-
-    /// Full-index prune for ids that no retired record names (stores written before those
-    /// records existed): a pass starts when the index holds twice what the retention needs and
-    /// walks it `PRUNE_SCAN_PER_ACK` entries per ack, in small batches.
-    fn prune_index(&mut self, horizon: u64) -> Result<(), OutboxError> {
-        if self.prune_from.is_none() {
-            let keep = self.stats.backlog_events + self.config.id_retention;
-            if self.ids_stored <= 2 * keep.max(1024) {
-                return Ok(());
-            }
-            self.prune_from = Some(vec![ID]);
-        }
-        let from = self.prune_from.take().unwrap_or_else(|| vec![ID]);
-        let mut batch = sled::Batch::default();
-        let (mut in_batch, mut removed) = (0, 0u64);
-        for (scanned, item) in self.tree.range(from..vec![ID + 1]).enumerate() {
-            let (key, value) = item?;
-            if scanned == PRUNE_SCAN_PER_ACK {
-                self.prune_from = Some(key.to_vec());
-                break;
-            }
-            if decode_u64(&value).is_some_and(|seq| seq <= horizon) {
-                batch.remove(key);
-                in_batch += 1;
-                if in_batch == SLED_BATCH_MAX_EVENTS {
-                    self.tree.apply_batch(std::mem::take(&mut batch))?;
-                    removed += in_batch as u64;
-                    in_batch = 0;
-                }
-            }
-        }
-        self.tree.apply_batch(batch)?;
-        removed += in_batch as u64;
-        self.ids_stored -= removed.min(self.ids_stored);
-        log::debug!(removed = removed, done = self.prune_from.is_none(); "pruned idempotency ids");
         Ok(())
-    }
-}
-
-/// Bytes one event occupies in the budget: its key, its id index entry and its value.
-fn record_bytes(value_len: usize) -> u64 {
-    (9 + 17 + 8 + value_len) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use serde_json::json;
-    use tokio_util::sync::CancellationToken;
-    use uuid::Uuid;
-
-    use super::*;
-    use crate::outbox::Outbox;
-
-    fn config(id_retention: u64) -> OutboxConfig {
-        OutboxConfig {
-            max_bytes: 1 << 30,
-            overflow: Overflow::Reject,
-            cache_bytes: 1 << 20,
-            id_retention,
-        }
-    }
-
-    fn ev(n: usize, id: Option<Uuid>) -> NewEvent {
-        NewEvent {
-            id,
-            source: format!("s{n}"),
-            kind: "sensor".into(),
-            time: None,
-            data: json!({ "n": n }),
-        }
-    }
-
-    struct Running {
-        outbox: Outbox,
-        stop: CancellationToken,
-        writer: tokio::task::JoinHandle<()>,
-    }
-
-    fn open(dir: &Path, id_retention: u64) -> Running {
-        let (outbox, writer) = Outbox::open(dir, config(id_retention)).unwrap();
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(writer.run(stop.clone()));
-        Running {
-            outbox,
-            stop,
-            writer,
-        }
-    }
-
-    /// Stops the outbox and opens its raw tree (sled locks the dir until every handle is gone).
-    async fn raw(running: Running, dir: &Path) -> sled::Tree {
-        running.stop.cancel();
-        running.writer.await.unwrap();
-        drop(running.outbox);
-        sled::open(dir).unwrap().open_tree("outbox").unwrap()
-    }
-
-    #[tokio::test]
-    async fn large_appends_and_acks_are_chunked_and_ids_forgotten_after_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let running = open(dir.path(), 100);
-        let outbox = &running.outbox;
-        let ids: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
-        let events = ids.iter().enumerate().map(|(n, id)| ev(n, Some(*id)));
-        let appended = outbox.append(events.collect()).await.unwrap();
-        assert_eq!(appended.assigned.last(), Some(&(1000, ids[999])));
-        assert_eq!(outbox.stats().backlog_events, 1000);
-        outbox.ack(600).await.unwrap();
-        let stats = outbox.stats();
-        assert_eq!((stats.acked_seq, stats.backlog_events), (600, 400));
-        outbox.ack(1000).await.unwrap();
-        let stats = outbox.stats();
-        assert_eq!((stats.backlog_events, stats.backlog_bytes), (0, 0));
-        // Within the retention window an id still answers with its seq; before it, it is new.
-        let again = outbox
-            .append(vec![ev(0, Some(ids[950])), ev(1, Some(ids[10]))])
-            .await
-            .unwrap();
-        assert_eq!(again.assigned, [(951, ids[950]), (1001, ids[10])]);
-
-        let tree = raw(running, dir.path()).await;
-        assert_eq!(
-            tree.scan_prefix([crate::outbox::EVENT]).count(),
-            1,
-            "only seq 1001 is left"
-        );
-        let horizon = retired_key(1000 - 100);
-        assert_eq!(tree.range(retired_key(0)..=horizon).count(), 0);
-        // Ids of seqs 901..=1000 and 1001, plus those sharing a retired record with seq 901.
-        let ids = tree.scan_prefix([ID]).count();
-        assert!(
-            (101..101 + SLED_BATCH_MAX_EVENTS).contains(&ids),
-            "{ids} ids"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_append_cut_by_a_crash_is_rolled_back_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let running = open(dir.path(), 100);
-        running
-            .outbox
-            .append(vec![ev(1, None), ev(2, None)])
-            .await
-            .unwrap();
-        let tree = raw(running, dir.path()).await;
-        // First chunk of an unanswered append: seqs 3 and 4 without the counters.
-        let lost = Uuid::new_v4();
-        for (seq, id) in [(3, lost), (4, Uuid::new_v4())] {
-            let event = ev(0, None).commit(seq, id, "2026-11-21T05:00:00Z");
-            tree.insert(event_key(seq), serde_json::to_vec(&event).unwrap())
-                .unwrap();
-            tree.insert(id_key(&id), &seq.to_be_bytes()).unwrap();
-        }
-        tree.flush().unwrap();
-        drop(tree);
-
-        let running = open(dir.path(), 100);
-        let outbox = &running.outbox;
-        assert_eq!(outbox.stats().next_seq, 3);
-        assert_eq!(outbox.batch_after(0, 10, 1 << 20).unwrap().len(), 2);
-        // The producer retries with its id: it is stored, not answered with a seq never kept.
-        let retried = outbox.append(vec![ev(3, Some(lost))]).await.unwrap();
-        assert_eq!(retried.assigned, [(3, lost)]);
-        let batch = outbox.batch_after(2, 10, 1 << 20).unwrap();
-        assert_eq!((batch.len(), batch[0].source.as_str()), (1, "s3"));
-        assert_eq!(outbox.stats().backlog_events, 3);
     }
 }

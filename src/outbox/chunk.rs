@@ -1,0 +1,307 @@
+//! Chunks: the events of one group commit in their encoded wire form, stored as sled values
+//! ("pieces") small enough that sled never writes a blob file.
+//!
+//! Why pieces: sled 0.34 stores any log item over `segment_size / 4` (128 KiB) as a separate
+//! blob file that it never fsyncs, and the log entry pointing at it can reach the disk first; a
+//! power cut then leaves a torn blob that sled cannot recover past (issue 9). A leaf page holds
+//! at most about 21 entries (it splits above 16, a merge adds at most 4), so entries of at most
+//! [`PIECE_MAX_BYTES`] keep every page, and so every log item, far below that threshold.
+//!
+//! Chunk bytes (one or more pieces, concatenated):
+//! `version (u8 = 1) | count (u32 BE) | body_len (u32 BE) | body`, where `body` is the `count`
+//! events as JSON, one per line (`\n` between them; serde_json never writes a raw newline), with
+//! seqs `first_seq ..= first_seq + count - 1`.
+//!
+//! Keys: `c` + first seq (u64 BE) + piece number (u16 BE), so a key range walks chunks in seq
+//! order and each chunk's pieces in order.
+
+use super::{CHUNK, decode_u64};
+
+/// Largest sled value a chunk piece occupies, bytes (see the module docs for the bound).
+pub const PIECE_MAX_BYTES: usize = 4096;
+/// A chunk is closed once its body reaches this many bytes (a larger single event still makes
+/// one chunk of its own). Bounds what a reader decodes to find one event.
+pub const CHUNK_TARGET_BYTES: usize = 32 * 1024;
+/// Bytes of the chunk header.
+const HEADER_BYTES: usize = 9;
+/// The only chunk encoding so far (a compressed one would take another number).
+const VERSION: u8 = 1;
+/// Bytes of a piece key.
+pub const KEY_BYTES: usize = 11;
+
+/// Key of piece `piece` of the chunk starting at `first_seq`.
+pub fn key(first_seq: u64, piece: u16) -> [u8; KEY_BYTES] {
+    let mut k = [CHUNK; KEY_BYTES];
+    k[1..9].copy_from_slice(&first_seq.to_be_bytes());
+    k[9..].copy_from_slice(&piece.to_be_bytes());
+    k
+}
+
+/// First seq of the chunk a piece key belongs to.
+pub fn first_seq_of(key: &[u8]) -> Option<u64> {
+    decode_u64(key.get(1..9)?)
+}
+
+/// Events being gathered into one chunk during a group commit.
+#[derive(Debug)]
+pub struct Builder {
+    /// Seq of the first event.
+    pub first_seq: u64,
+    count: u32,
+    body: Vec<u8>,
+}
+
+impl Builder {
+    /// An empty chunk whose first event will get `first_seq`.
+    pub fn new(first_seq: u64) -> Self {
+        Self {
+            first_seq,
+            count: 0,
+            body: Vec::new(),
+        }
+    }
+
+    /// Whether the chunk should be closed before another event is added.
+    pub fn is_full(&self) -> bool {
+        self.body.len() >= CHUNK_TARGET_BYTES || self.count == u32::MAX
+    }
+
+    /// Appends the next event (seq `first_seq + count`), already encoded as JSON.
+    pub fn push(&mut self, encoded: &[u8]) {
+        if self.count > 0 {
+            self.body.push(b'\n');
+        }
+        self.body.extend_from_slice(encoded);
+        self.count += 1;
+    }
+
+    /// Events in the chunk.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The chunk's bytes (header and body).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + self.body.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Bytes a chunk of `encoded_len` bytes occupies in the budget: its values and piece keys.
+pub fn stored_bytes(encoded_len: usize) -> u64 {
+    (encoded_len + encoded_len.div_ceil(PIECE_MAX_BYTES) * KEY_BYTES) as u64
+}
+
+/// Adds the pieces of `bytes` (a chunk starting at `first_seq`) to `batch`.
+pub fn put(batch: &mut sled::Batch, first_seq: u64, bytes: &[u8]) {
+    for (n, piece) in bytes.chunks(PIECE_MAX_BYTES).enumerate() {
+        batch.insert(&key(first_seq, n as u16)[..], piece);
+    }
+}
+
+/// A stored chunk, read back whole.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Seq of its first event.
+    pub first_seq: u64,
+    /// Its piece keys, in order (to delete it).
+    pub keys: Vec<sled::IVec>,
+    /// Its encoded bytes (header and body).
+    pub bytes: Vec<u8>,
+}
+
+/// Why stored chunk bytes cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// Fewer bytes than the header announces: a chunk being deleted while read, or damage.
+    #[error("chunk at seq {first_seq} is incomplete ({have} of {want} bytes)")]
+    Incomplete {
+        /// First seq of the chunk.
+        first_seq: u64,
+        /// Bytes present.
+        have: usize,
+        /// Bytes the header announces.
+        want: usize,
+    },
+    /// An unknown version byte or a malformed header.
+    #[error("chunk at seq {first_seq}: {reason}")]
+    Malformed {
+        /// First seq of the chunk.
+        first_seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Chunk {
+    /// Events in the chunk (from the header).
+    ///
+    /// # Errors
+    /// [`ChunkError`] when the header is missing, of an unknown version, or the body is short.
+    pub fn count(&self) -> Result<u32, ChunkError> {
+        self.header().map(|(count, _)| count)
+    }
+
+    /// Seq of its last event.
+    ///
+    /// # Errors
+    /// As [`Chunk::count`].
+    pub fn last_seq(&self) -> Result<u64, ChunkError> {
+        Ok(self.first_seq + u64::from(self.count()?.max(1)) - 1)
+    }
+
+    /// Bytes it occupies in the budget (see [`stored_bytes`]).
+    pub fn stored_bytes(&self) -> u64 {
+        stored_bytes(self.bytes.len())
+    }
+
+    fn header(&self) -> Result<(u32, usize), ChunkError> {
+        let malformed = |reason: &str| ChunkError::Malformed {
+            first_seq: self.first_seq,
+            reason: reason.to_owned(),
+        };
+        let h = self
+            .bytes
+            .get(..HEADER_BYTES)
+            .ok_or_else(|| malformed("shorter than its header"))?;
+        if h[0] != VERSION {
+            return Err(malformed(&format!("unknown chunk version {}", h[0])));
+        }
+        let count = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+        let body_len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) as usize;
+        let want = HEADER_BYTES + body_len;
+        if self.bytes.len() != want {
+            return Err(ChunkError::Incomplete {
+                first_seq: self.first_seq,
+                have: self.bytes.len(),
+                want,
+            });
+        }
+        Ok((count, body_len))
+    }
+
+    /// `(seq, encoded event)` for every event, in seq order.
+    ///
+    /// # Errors
+    /// As [`Chunk::count`], or a body with fewer lines than the header's count.
+    pub fn events(&self) -> Result<Vec<(u64, &[u8])>, ChunkError> {
+        let (count, _) = self.header()?;
+        let body = &self.bytes[HEADER_BYTES..];
+        let events: Vec<(u64, &[u8])> = body
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .map(|(n, line)| (self.first_seq + n as u64, line))
+            .collect();
+        if events.len() != count as usize {
+            return Err(ChunkError::Malformed {
+                first_seq: self.first_seq,
+                reason: format!("{} events in the body, {count} in the header", events.len()),
+            });
+        }
+        Ok(events)
+    }
+}
+
+/// Walks the stored chunks in seq order, starting with the chunk that holds `seq` (or the
+/// first one after it), reading each chunk's pieces whole.
+pub fn from_seq(tree: &sled::Tree, seq: u64) -> impl Iterator<Item = sled::Result<Chunk>> + '_ {
+    let start = holding(tree, seq).ok().flatten().unwrap_or(seq);
+    let mut pieces = tree
+        .range(key(start, 0)..=key(u64::MAX, u16::MAX))
+        .peekable();
+    std::iter::from_fn(move || {
+        let (k, v) = match pieces.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(e)),
+        };
+        let first_seq = first_seq_of(&k).unwrap_or(0);
+        let mut chunk = Chunk {
+            first_seq,
+            keys: vec![k],
+            bytes: v.to_vec(),
+        };
+        while let Some(Ok((k, _))) = pieces.peek() {
+            if first_seq_of(k) != Some(first_seq) {
+                break;
+            }
+            match pieces.next() {
+                Some(Ok((k, v))) => {
+                    chunk.keys.push(k);
+                    chunk.bytes.extend_from_slice(&v);
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None => break,
+            }
+        }
+        Some(Ok(chunk))
+    })
+}
+
+/// First seq of the stored chunk that starts at or before `seq`, if any.
+fn holding(tree: &sled::Tree, seq: u64) -> sled::Result<Option<u64>> {
+    Ok(tree
+        .range(key(0, 0)..=key(seq, u16::MAX))
+        .next_back()
+        .transpose()?
+        .and_then(|(k, _)| first_seq_of(&k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_round_trips_through_pieces() {
+        let tree = sled::Config::new()
+            .temporary(true)
+            .open()
+            .unwrap()
+            .open_tree("t")
+            .unwrap();
+        let big = vec![b'x'; 3 * PIECE_MAX_BYTES + 5];
+        let mut b = Builder::new(7);
+        b.push(b"{\"a\":1}");
+        b.push(&big);
+        b.push(b"{}");
+        let bytes = b.encode();
+        let mut batch = sled::Batch::default();
+        put(&mut batch, 7, &bytes);
+        let mut next = Builder::new(10);
+        next.push(b"1");
+        put(&mut batch, 10, &next.encode());
+        tree.apply_batch(batch).unwrap();
+
+        let chunks: Vec<Chunk> = from_seq(&tree, 8).map(Result::unwrap).collect();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].keys.len(), bytes.len().div_ceil(PIECE_MAX_BYTES));
+        assert_eq!(chunks[0].last_seq().unwrap(), 9);
+        let events = chunks[0].events().unwrap();
+        assert_eq!(events[0], (7, &b"{\"a\":1}"[..]));
+        assert_eq!(events[1], (8, &big[..]));
+        assert_eq!(events[2], (9, &b"{}"[..]));
+        assert_eq!(chunks[1].events().unwrap(), [(10, &b"1"[..])]);
+        assert_eq!(
+            from_seq(&tree, 11).count(),
+            1,
+            "the chunk holding 10 is the last"
+        );
+    }
+
+    #[test]
+    fn a_short_chunk_is_reported_incomplete() {
+        let mut b = Builder::new(1);
+        b.push(b"{}");
+        let mut bytes = b.encode();
+        bytes.pop();
+        let chunk = Chunk {
+            first_seq: 1,
+            keys: vec![],
+            bytes,
+        };
+        assert!(matches!(chunk.events(), Err(ChunkError::Incomplete { .. })));
+    }
+}
