@@ -350,4 +350,6 @@ pub struct Delivery {
 }
 
 #[cfg(test)]
+mod layout_tests;
+#[cfg(test)]
 mod tests;
