@@ -16,6 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// Largest sled value this project's stores write, bytes (keys are a few dozen bytes more). A sled leaf page holds
+/// at most about 21 entries (it splits above 16; a merge adds at most 4), so with values this
+/// small no page, and so no log item, reaches sled's blob threshold (`segment_size / 4` =
+/// 128 KiB at the default 512 KiB segments), and sled never writes a blob file.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
 /// How long [`open`] waits for a store's lock that a just-dropped handle still holds.
 pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
 

@@ -18,7 +18,7 @@
 use super::{CHUNK, decode_u64};
 
 /// Largest sled value a chunk piece occupies, bytes (see the module docs for the bound).
-pub const PIECE_MAX_BYTES: usize = 4096;
+pub const PIECE_MAX_BYTES: usize = crate::durable::MAX_VALUE_BYTES;
 /// A chunk is closed once its body reaches this many bytes (a larger single event still makes
 /// one chunk of its own). Bounds what a reader decodes to find one event.
 pub const CHUNK_TARGET_BYTES: usize = 32 * 1024;

@@ -13,7 +13,8 @@ use crate::contract::{Ack, Gap, IngestArgs};
 use crate::durable::FsSync;
 use crate::event::Event;
 use crate::sink::keys::{
-    NO_ACK, StreamRecord, decode_u64, key_seq, parse_stream_key, seq_key, stream_key,
+    NO_ACK, StreamRecord, decode_u64, get_event, is_piece, key_seq, parse_stream_key, put_event,
+    seq_key, stream_key,
 };
 
 /// sled page cache cap, in bytes (DESIGN §4: cap it; RSS still runs 2-3x above it). An ingest
@@ -145,7 +146,7 @@ impl SinkStore {
             let value = serde_json::to_vec(event).map_err(|e| {
                 SinkError::InvalidBatch(format!("event seq {} does not encode: {e}", event.seq))
             })?;
-            event_batch.insert(&key, value);
+            put_event(&mut event_batch, &key, &value);
             fresh.push(event);
         }
         let new = self.advance(old, &fresh, new_gap)?;
@@ -212,10 +213,24 @@ impl SinkStore {
     /// # Errors
     /// [`SinkError::Storage`] or [`SinkError::Corrupt`].
     pub fn events(&self, gateway: &str, stream: Uuid) -> Result<Vec<Event>, SinkError> {
-        self.scan(&self.events, gateway, stream, |key, value| {
-            serde_json::from_slice(value)
-                .map_err(|e| SinkError::Corrupt(format!("event key {key:?}: {e}")))
-        })
+        let Some(record) = self.record(&stream_key(gateway, stream))? else {
+            return Ok(Vec::new());
+        };
+        let mut encoded: Vec<(sled::IVec, Vec<u8>)> = Vec::new();
+        for item in self.events.scan_prefix(record.prefix.to_be_bytes()) {
+            let (key, value) = item?;
+            match encoded.last_mut() {
+                Some((_, event)) if is_piece(&key) => event.extend_from_slice(&value),
+                _ => encoded.push((key, value.to_vec())),
+            }
+        }
+        encoded
+            .iter()
+            .map(|(key, value)| {
+                serde_json::from_slice(value)
+                    .map_err(|e| SinkError::Corrupt(format!("event key {key:?}: {e}")))
+            })
+            .collect()
     }
 
     /// Recorded gaps of a stream, in seq order; overlapping or adjacent gaps are merged and
@@ -339,9 +354,7 @@ impl SinkStore {
             }
         }
         if id_stored {
-            let raw = self
-                .events
-                .get(seq_key(prefix, mark))?
+            let raw = get_event(&self.events, &seq_key(prefix, mark))?
                 .ok_or_else(|| SinkError::Corrupt(format!("event seq {mark} vanished")))?;
             let event: EventId = serde_json::from_slice(&raw)
                 .map_err(|e| SinkError::Corrupt(format!("event seq {mark}: {e}")))?;
@@ -467,6 +480,33 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> SinkStore {
         SinkStore::open(dir.path()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn large_events_are_stored_without_sled_blobs_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, stream) = (open(&dir), Uuid::new_v4());
+        for round in 0..8u64 {
+            let mut args = batch(stream, &[2 * round + 1, 2 * round + 2], None);
+            for (n, event) in args.events.iter_mut().enumerate() {
+                let pad = [20_000, 64 * 1024 - 64][n];
+                event.data = serde_json::json!({ "pad": "y".repeat(pad) });
+            }
+            let ack = store.ingest(&args).await.unwrap();
+            assert_eq!(ack.acked_seq, Some(2 * round + 2));
+            // The mark's id is read back from an event stored in pieces.
+            let again = store.ingest(&batch(stream, &[], None)).await.unwrap();
+            assert_eq!(again.acked_id, Some(args.events[1].id));
+        }
+        let events = store.events("gw-01", stream).unwrap();
+        assert_eq!(events.len(), 16);
+        assert!(events.iter().zip(1..).all(|(e, seq)| e.seq == seq));
+        assert_eq!(
+            events[15].data["pad"].as_str().unwrap().len(),
+            64 * 1024 - 64
+        );
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert_eq!(blobs, 0, "sled wrote a blob file");
     }
 
     #[tokio::test]
