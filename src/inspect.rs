@@ -21,6 +21,16 @@ pub struct Inspection {
     pub disk_bytes: u64,
     /// The first backlog events, oldest first (as many as asked for).
     pub oldest: Vec<Event>,
+    /// Stores moved aside inside this data dir (`aside-*`), with their `REASON`.
+    pub moved_aside: Vec<(PathBuf, String)>,
+}
+
+/// `REASON` of a moved-aside store (empty when it has none).
+fn reason(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(crate::aside::REASON_FILE))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Opens the outbox in `dir` without running its writer and reads up to `events` backlog events.
@@ -45,10 +55,18 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
     };
     // The error's Display already carries sled's cause; as a context it would print twice.
     let (outbox, _writer) = Outbox::open(dir, config).map_err(|e| {
-        anyhow::anyhow!(
-            "opening {}: {e} (is the daemon running? then use `edge-relay status`)",
-            dir.display()
-        )
+        let why = reason(dir);
+        if why.is_empty() {
+            anyhow::anyhow!(
+                "opening {}: {e} (is the daemon running? then use `edge-relay status`)",
+                dir.display()
+            )
+        } else {
+            anyhow::anyhow!(
+                "opening {}: {e}; this store was moved aside because: {why}",
+                dir.display()
+            )
+        }
     })?;
     let stats = outbox.stats();
     let oldest = if events == 0 {
@@ -61,6 +79,13 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
         stats,
         disk_bytes: disk_bytes(dir)?,
         oldest,
+        moved_aside: crate::aside::list(dir)
+            .into_iter()
+            .map(|path| {
+                let why = reason(&path);
+                (path, why)
+            })
+            .collect(),
     })
 }
 
@@ -94,6 +119,9 @@ impl fmt::Display for Inspection {
             "backlog {} events, {} bytes; {} bytes on disk",
             s.backlog_events, s.backlog_bytes, self.disk_bytes
         )?;
+        for (path, why) in &self.moved_aside {
+            writeln!(f, "store moved aside: {} ({why})", path.display())?;
+        }
         for event in &self.oldest {
             writeln!(
                 f,

@@ -5,6 +5,7 @@
 //! MCP session ([`uplink`]) and advances only on the upstream's `acked_seq`.
 //!
 //! Layout:
+//! - [`aside`]: a store that cannot be opened is moved aside, never a crash loop.
 //! - [`audit`]: exactly-once audit of accepted events against the upstream's store.
 //! - [`config`]: TOML config, defaults, `validate()`, `Secret`.
 //! - [`event`]: the event model and its validation.
@@ -28,6 +29,7 @@
 //! - [`demo`]: the end-to-end demo on the Daphnet recording.
 //! - [`logging`]: journald or stderr.
 
+pub mod aside;
 pub mod audit;
 pub mod config;
 pub mod contract;
@@ -106,8 +108,14 @@ pub async fn start_watched(
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let (outbox, writer) = Outbox::open(&config.data_dir, OutboxConfig::from(&config.buffer))
-        .with_context(|| format!("opening the outbox in {}", config.data_dir.display()))?;
+    let outbox_config = OutboxConfig::from(&config.buffer);
+    let ((outbox, writer), _moved) = aside::open_guarded(
+        &config.data_dir,
+        move |dir| Outbox::open(dir, outbox_config.clone()),
+        outbox::OutboxError::is_unopenable,
+        |e| outbox::OutboxError::Storage(sled::Error::Io(e)),
+    )
+    .with_context(|| format!("opening the outbox in {}", config.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(config.ingest.http.listen)
         .await
         .with_context(|| format!("binding ingest.http.listen {}", config.ingest.http.listen))?;
@@ -117,6 +125,7 @@ pub async fn start_watched(
         None => build_connector(&config)?,
     };
     let status = Arc::new(StatusBoard::default());
+    status.set_stores_moved_aside(aside::list(&config.data_dir));
     let relay_beat = Heartbeat::new(
         "relay",
         watchdog,

@@ -202,6 +202,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     r.batches_delivered,
                     r.reconnects
                 );
+                for path in &r.stores_moved_aside {
+                    println!("store moved aside (could not be opened): {path}");
+                }
             }
         }
         Command::Send {

@@ -87,6 +87,18 @@ pub enum OutboxError {
     },
 }
 
+impl OutboxError {
+    /// Whether the store itself cannot be opened (damage, a layout this build cannot read), so
+    /// that it is moved aside ([`crate::aside`]); a held lock or a permission error is not.
+    pub fn is_unopenable(&self) -> bool {
+        match self {
+            Self::Storage(e) => crate::durable::is_unopenable(e),
+            Self::Corrupt { .. } => true,
+            Self::Full { .. } | Self::Closed => false,
+        }
+    }
+}
+
 /// Answer to a committed append: seqs and ids in request order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {

@@ -39,6 +39,7 @@ pub struct StatusBoard {
     batches_delivered: AtomicU64,
     reconnects: AtomicU64,
     sessions_expired: AtomicU64,
+    stores_moved_aside: Mutex<Vec<String>>,
 }
 
 /// `GET /v1/status` body.
@@ -70,9 +71,22 @@ pub struct StatusReport {
     pub reconnects: u64,
     /// Sessions the upstream forgot (HTTP 404) since start.
     pub sessions_expired: u64,
+    /// Stores that could not be opened and were moved aside (paths, oldest first); they hold
+    /// whatever was undelivered in them. Empty when none.
+    #[serde(default)]
+    pub stores_moved_aside: Vec<String>,
 }
 
 impl StatusBoard {
+    /// Records the moved-aside stores found in the data dir ([`crate::aside::list`]).
+    pub fn set_stores_moved_aside(&self, paths: Vec<std::path::PathBuf>) {
+        *self
+            .stores_moved_aside
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            paths.iter().map(|p| p.display().to_string()).collect();
+    }
+
     /// Sets the uplink state; `error` replaces the last error when given.
     pub fn set_upstream(&self, state: UpstreamState, error: Option<String>) {
         let mut guard = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,6 +138,11 @@ impl StatusBoard {
             batches_delivered: self.batches_delivered.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             sessions_expired: self.sessions_expired.load(Ordering::Relaxed),
+            stores_moved_aside: self
+                .stores_moved_aside
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -132,7 +151,7 @@ impl StatusReport {
     /// Prometheus text exposition format 0.0.4 (`GET /metrics`).
     pub fn to_prometheus(&self) -> String {
         let up = |s| u8::from(self.upstream == s);
-        let rows: [(&str, &str, &str, u64); 10] = [
+        let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "edge_relay_backlog_events",
                 "gauge",
@@ -186,6 +205,12 @@ impl StatusReport {
                 "counter",
                 "Upstream sessions expired (HTTP 404) since start.",
                 self.sessions_expired,
+            ),
+            (
+                "edge_relay_stores_moved_aside",
+                "gauge",
+                "Stores that could not be opened and were moved aside (see status).",
+                self.stores_moved_aside.len() as u64,
             ),
             (
                 "edge_relay_upstream_connected",

@@ -33,6 +33,12 @@ pub fn status_line(r: &StatusReport) -> String {
     if r.dropped_events > 0 {
         line.push_str(&format!("; dropped {}", r.dropped_events));
     }
+    if let Some(newest) = r.stores_moved_aside.last() {
+        line.push_str(&format!(
+            "; {} store(s) moved aside, newest {newest}",
+            r.stores_moved_aside.len()
+        ));
+    }
     if let (UpstreamState::Down, Some(e)) = (r.upstream, &r.last_error) {
         let e: String = e.chars().take(STATUS_ERROR_CHARS).collect();
         line.push_str(&format!("; last error: {}", e.replace('\n', " ")));
@@ -159,7 +165,21 @@ mod tests {
             batches_delivered: 0,
             reconnects: 0,
             sessions_expired: 0,
+            stores_moved_aside: Vec::new(),
         }
+    }
+
+    #[test]
+    fn status_line_names_a_moved_aside_store() {
+        let mut r = report(UpstreamState::Connected, None);
+        r.stores_moved_aside = vec!["/var/lib/edge-relay/aside-20261130T2000Z".into()];
+        assert!(
+            status_line(&r).ends_with(
+                "; 1 store(s) moved aside, newest /var/lib/edge-relay/aside-20261130T2000Z"
+            ),
+            "{}",
+            status_line(&r)
+        );
     }
 
     #[test]
