@@ -165,6 +165,7 @@ mod tests {
                 })
                 .collect();
             outbox.append(events).await.unwrap();
+            outbox.mark_sent(2).await.unwrap();
             outbox.ack(2).await.unwrap();
             stop.cancel();
             task.await.unwrap();

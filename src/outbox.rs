@@ -121,6 +121,10 @@ pub struct OutboxStats {
     pub backlog_bytes: u64,
     /// Events deleted by `drop_oldest` since the store was created.
     pub dropped_events: u64,
+    /// Highest seq ever sent upstream (0: none), recorded durably before it is sent: no ack or
+    /// cursor can delete past it (DESIGN §2 "never delete above the highest seq actually
+    /// sent"). Stores of layout 1 start with `next_seq - 1` (what they sent is unknown).
+    pub sent_seq: u64,
 }
 
 pub(crate) enum Command {
@@ -129,6 +133,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Appended, OutboxError>>,
     },
     Ack {
+        upto: u64,
+        reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
+    MarkSent {
         upto: u64,
         reply: oneshot::Sender<Result<(), OutboxError>>,
     },
@@ -212,7 +220,8 @@ impl Outbox {
     }
 
     /// Records that the upstream stored everything up to `upto`; deletes those events.
-    /// A lower or equal `upto` than the current cursor is a no-op.
+    /// A lower or equal `upto` than the current cursor is a no-op; `upto` is capped at
+    /// [`OutboxStats::sent_seq`], so nothing never sent is ever deleted.
     ///
     /// # Errors
     /// [`OutboxError::Closed`] or [`OutboxError::Storage`].
@@ -220,6 +229,20 @@ impl Outbox {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Ack { upto, reply })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Records durably that events up to `upto` (at most the last stored seq) are about to be
+    /// sent upstream: call before sending them. Lower than the current mark is a no-op.
+    ///
+    /// # Errors
+    /// [`OutboxError::Closed`] or [`OutboxError::Storage`].
+    pub async fn mark_sent(&self, upto: u64) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::MarkSent { upto, reply })
             .await
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)?

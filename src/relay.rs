@@ -180,11 +180,13 @@ impl Relay {
             .await?;
         let mut cursor = ack.cursor();
         let stats = self.outbox.stats();
-        if cursor >= stats.next_seq {
-            return Err(RelayError::Contract(format!(
-                "upstream cursor {cursor} is ahead of this outbox (next seq {}); refusing to deliver",
-                stats.next_seq
-            )));
+        if cursor > stats.sent_seq {
+            let violation = format!(
+                "upstream cursor {cursor} is above the highest seq ever sent to it ({}; next seq {}); nothing deleted, refusing to deliver",
+                stats.sent_seq, stats.next_seq
+            );
+            log::error!(gateway = gateway, stream:% = stream, acked_seq = cursor; "contract violation: {violation}");
+            return Err(RelayError::Contract(violation));
         }
         if cursor < stats.acked_seq {
             log::warn!(gateway = gateway, stream:% = stream, acked_seq = cursor;
@@ -219,6 +221,10 @@ impl Relay {
                 log::warn!(gateway = gateway, stream:% = stream, dropped_from = g.dropped_from, dropped_to = g.dropped_to;
                     "reporting a gap of {} events to the upstream", g.dropped_to - g.dropped_from + 1);
             }
+            // Durably first: a cursor or ack can never delete what was never sent.
+            if sent_to > self.outbox.stats().sent_seq {
+                self.outbox.mark_sent(sent_to).await?;
+            }
             let ack = session
                 .ingest(&IngestArgs {
                     gateway: self.gateway.clone(),
@@ -229,9 +235,10 @@ impl Relay {
                 .await?;
             let acked = ack.cursor();
             if acked > sent_to {
-                return Err(RelayError::Contract(format!(
-                    "upstream acked seq {acked} but only up to {sent_to} was sent"
-                )));
+                let violation =
+                    format!("upstream acked seq {acked} but only up to {sent_to} was sent");
+                log::error!(gateway = gateway, stream:% = stream, acked_seq = acked; "contract violation: {violation}");
+                return Err(RelayError::Contract(violation));
             }
             if acked <= cursor {
                 return Err(RelayError::Contract(format!(

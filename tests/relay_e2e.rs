@@ -172,3 +172,61 @@ async fn producer_retry_with_the_same_id_is_idempotent_end_to_end() {
     assert_eq!(stored[0].id, id);
     relay.stop().await;
 }
+
+/// Issue 12 item 2: an upstream whose cursor names seqs the relay never sent (here its store
+/// was written by something else) is a contract violation; nothing unsent is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_above_what_was_sent_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sink");
+    // The upstream's port is closed at first: nothing can be sent.
+    let addr = support::process::free_port();
+    let url = format!("http://{addr}/mcp");
+    let relay = start_relay(relay_config(&tmp.path().join("relay"), &url)).await;
+    let events: Vec<Value> = (1..=80).map(|n| event("unsent", n)).collect();
+    let (code, answer) = post(relay.ingest_addr, Value::Array(events).to_string()).await;
+    assert_eq!(code, 200, "{answer}");
+    let stream = relay.outbox.stats().stream;
+    {
+        // A buggy upstream: its store claims 1..=80 of this stream (written by someone else).
+        let store = edge_relay::sink::SinkStore::open(&dir).unwrap();
+        let fake = (1..=80)
+            .map(|seq| edge_relay::event::Event {
+                id: Uuid::now_v7(),
+                seq,
+                source: "not-from-this-relay".into(),
+                kind: "sensor".into(),
+                time: "2026-11-30T00:00:00Z".into(),
+                data: Value::Null,
+            })
+            .collect();
+        let args = edge_relay::contract::IngestArgs {
+            gateway: "test-gw".into(),
+            stream,
+            events: fake,
+            gap: None,
+        };
+        assert_eq!(store.ingest(&args).await.unwrap().acked_seq, Some(80));
+    }
+    let _sink = Sink::start_on(addr, &dir).await;
+    support::process::poll_until(
+        WAIT,
+        "the relay reports the contract violation",
+        || async { Some(report(&relay)) },
+        |r| {
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("above the highest seq ever sent"))
+        },
+    )
+    .await;
+    let stats = relay.outbox.stats();
+    assert_eq!(
+        (stats.acked_seq, stats.sent_seq, stats.backlog_events),
+        (0, 0, 80)
+    );
+    let kept = relay.outbox.batch_after(0, 1000, usize::MAX).unwrap();
+    assert_eq!(kept.len(), 80, "the unsent events are all still buffered");
+    assert!(kept.iter().all(|e| e.source == "unsent"));
+    relay.stop().await;
+}

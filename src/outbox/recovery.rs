@@ -40,7 +40,9 @@ pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError
         backlog_events: get("backlog_events")?.unwrap_or(0),
         backlog_bytes: get("backlog_bytes")?.unwrap_or(0),
         dropped_events: get("dropped_events")?.unwrap_or(0),
+        sent_seq: 0,
     };
+    stats.sent_seq = get("sent_seq")?.unwrap_or(stats.next_seq.saturating_sub(1));
     if get("layout")?.unwrap_or(1) < LAYOUT {
         migrate_layout_1(tree, &mut stats)?;
     }
@@ -72,6 +74,7 @@ pub(super) fn put_counters(batch: &mut sled::Batch, s: &OutboxStats) {
         ("backlog_events", s.backlog_events),
         ("backlog_bytes", s.backlog_bytes),
         ("dropped_events", s.dropped_events),
+        ("sent_seq", s.sent_seq),
     ] {
         batch.insert(meta_key(name), value.to_be_bytes().to_vec());
     }

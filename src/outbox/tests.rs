@@ -79,6 +79,7 @@ async fn repeated_id_returns_the_original_seq() {
     assert_eq!(seqs(&again), [2, 1, 1]);
     assert_eq!(outbox.stats().backlog_events, 2);
     // Still known after delivery, within the retention window.
+    outbox.mark_sent(2).await.unwrap();
     outbox.ack(2).await.unwrap();
     let after = outbox.append(vec![ev("a", Some(id))]).await.unwrap();
     assert_eq!(seqs(&after), [1]);
@@ -91,7 +92,9 @@ async fn ack_deletes_and_counts() {
     let events: Vec<_> = (0..10).map(|i| ev(&format!("s{i}"), None)).collect();
     outbox.append(events).await.unwrap();
     let before = outbox.stats();
+    outbox.mark_sent(4).await.unwrap();
     outbox.ack(4).await.unwrap();
+    outbox.mark_sent(2).await.unwrap();
     outbox.ack(2).await.unwrap(); // going back is a no-op
     let stats = outbox.stats();
     assert_eq!((stats.acked_seq, stats.backlog_events), (4, 6));
@@ -99,10 +102,12 @@ async fn ack_deletes_and_counts() {
     assert_eq!(stats.backlog_bytes, before.backlog_bytes);
     let rest = outbox.batch_after(0, 100, 1 << 20).unwrap();
     assert_eq!(rest.first().map(|e| e.seq), Some(5));
+    outbox.mark_sent(10).await.unwrap();
     outbox.ack(10).await.unwrap();
     let stats = outbox.stats();
     assert_eq!((stats.backlog_events, stats.backlog_bytes), (0, 0));
     // Acks past the end are clamped.
+    outbox.mark_sent(99).await.unwrap();
     outbox.ack(99).await.unwrap();
     assert_eq!(outbox.stats().acked_seq, 10);
 }
@@ -150,6 +155,7 @@ async fn reject_policy_refuses_and_keeps_everything_accepted() {
         accepted
     );
     // Room again after an ack.
+    outbox.mark_sent(1).await.unwrap();
     outbox.ack(1).await.unwrap();
     outbox.append(vec![ev("y", None)]).await.unwrap();
 }
@@ -240,6 +246,7 @@ async fn delivery_reports_dropped_seqs_as_a_gap() {
     };
     assert_eq!((d.gap, d.events[0].seq), (Some(gap), dropped + 1));
     // Everything after the cursor dropped: the gap alone, up to the durable end.
+    outbox.mark_sent(40).await.unwrap();
     outbox.ack(40).await.unwrap();
     let d = outbox.next_delivery(38, 5, 1 << 20).unwrap();
     assert_eq!((d.events.len(), d.gap.map(|g| g.dropped_to)), (0, Some(40)));

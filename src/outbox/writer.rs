@@ -144,11 +144,13 @@ impl Writer {
         while let Some(cmd) = next.take() {
             events += match &cmd {
                 Command::Append { events, .. } => events.len().max(1),
-                Command::Ack { .. } => 1,
+                Command::Ack { .. } | Command::MarkSent { .. } => 1,
             };
             replies.push(match (&clean, cmd) {
                 (Err(e), Command::Append { reply, .. }) => Reply::Append(reply, Err(e.clone())),
-                (Err(e), Command::Ack { reply, .. }) => Reply::Ack(reply, Err(e.clone())),
+                (Err(e), Command::Ack { reply, .. } | Command::MarkSent { reply, .. }) => {
+                    Reply::Ack(reply, Err(e.clone()))
+                }
                 (Ok(()), cmd) => self.apply(cmd, &mut group),
             });
             if events < GROUP_MAX_EVENTS {
@@ -194,7 +196,25 @@ impl Writer {
                 Reply::Append(reply, r)
             }
             Command::Ack { upto, reply } => Reply::Ack(reply, self.ack(upto)),
+            Command::MarkSent { upto, reply } => Reply::Ack(reply, self.mark_sent(upto)),
         }
+    }
+
+    /// Raises the sent mark to `upto`, at most the last seq written to sled.
+    fn mark_sent(&mut self, upto: u64) -> Result<(), OutboxError> {
+        let upto = upto.min(self.stats.next_seq.saturating_sub(1));
+        if upto <= self.stats.sent_seq {
+            return Ok(());
+        }
+        let staged = OutboxStats {
+            sent_seq: upto,
+            ..self.stats
+        };
+        let mut batch = sled::Batch::default();
+        put_counters(&mut batch, &staged);
+        self.tree.apply_batch(batch)?;
+        self.stats = staged;
+        Ok(())
     }
 
     /// Stages one producer request in `group`: all of it, or none of it on an error.
@@ -391,7 +411,7 @@ impl Writer {
     /// Moves the cursor to `upto` (at most the last stored seq), deleting every chunk whose
     /// events are all acknowledged, a few per sled batch with the counters as of its last one.
     fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
-        let upto = upto.min(self.stats.next_seq.saturating_sub(1));
+        let upto = upto.min(self.stats.sent_seq);
         while self.stats.acked_seq < upto {
             let chunks = chunk::from_seq(&self.tree, self.stats.acked_seq + 1)
                 .take(CHUNKS_PER_BATCH)
