@@ -124,6 +124,10 @@ pub struct BufferConfig {
     pub cache_bytes: u64,
     /// How many delivered events keep their `id` for producer idempotency. Default 100000.
     pub id_retention: u64,
+    /// Free space (statvfs, bytes available to the daemon) kept on the data dir's filesystem:
+    /// below it appends are refused (507) while acks and deletes go on, so delivery can always
+    /// free space. Default 32 MiB.
+    pub min_free_bytes: u64,
 }
 
 /// `[relay]` section.
@@ -214,6 +218,7 @@ impl Default for BufferConfig {
             overflow: Overflow::Reject,
             cache_bytes: 4 * 1024 * 1024,
             id_retention: 100_000,
+            min_free_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -52,6 +52,7 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
         overflow: crate::config::Overflow::Reject,
         cache_bytes: 4 << 20,
         id_retention: 0,
+        min_free_bytes: 0,
     };
     // The error's Display already carries sled's cause; as a context it would print twice.
     let (outbox, _writer) = Outbox::open(dir, config).map_err(|e| {
@@ -150,6 +151,7 @@ mod tests {
                     overflow: crate::config::Overflow::Reject,
                     cache_bytes: 1 << 20,
                     id_retention: 10,
+                    min_free_bytes: 0,
                 },
             )
             .unwrap();

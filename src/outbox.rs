@@ -17,9 +17,11 @@
 
 pub mod chunk;
 mod recovery;
+mod store;
 mod writer;
 
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -44,6 +46,8 @@ pub struct OutboxConfig {
     pub cache_bytes: u64,
     /// Delivered events whose ids are still remembered for idempotency.
     pub id_retention: u64,
+    /// Free bytes kept on the data dir's filesystem; appends are refused below it.
+    pub min_free_bytes: u64,
 }
 
 impl From<&crate::config::BufferConfig> for OutboxConfig {
@@ -53,11 +57,12 @@ impl From<&crate::config::BufferConfig> for OutboxConfig {
             overflow: b.overflow,
             cache_bytes: b.cache_bytes,
             id_retention: b.id_retention,
+            min_free_bytes: b.min_free_bytes,
         }
     }
 }
 
-/// Outbox failures. `Full` maps to HTTP 507, `Closed` and `Storage` to 503.
+/// Outbox failures. `Full` and `DiskFull` map to HTTP 507, `Closed` and `Storage` to 503.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboxError {
     /// `overflow = "reject"` and the events do not fit, or one request alone exceeds `max_bytes`.
@@ -70,9 +75,25 @@ pub enum OutboxError {
         /// `buffer.max_bytes`.
         max: u64,
     },
+    /// The data dir's filesystem has less than `buffer.min_free_bytes` free, or ran out of
+    /// space during the write; nothing of the request was acknowledged. Acks and deletes go
+    /// on, so space comes back as the upstream acknowledges.
+    #[error(
+        "disk full: {free} bytes free on the data dir's filesystem, {min_free} are kept free \
+         for acks and deletes (buffer.min_free_bytes); retry later"
+    )]
+    DiskFull {
+        /// Bytes available, from statvfs.
+        free: u64,
+        /// `buffer.min_free_bytes`.
+        min_free: u64,
+    },
     /// The daemon is shutting down; nothing of the request was stored.
     #[error("outbox is shutting down")]
     Closed,
+    /// The store failed with an I/O error and is being reopened; retry shortly.
+    #[error("outbox store is being reopened after an I/O error: {0}")]
+    Reopening(String),
     /// sled or the disk failed (e.g. no space left); the request may be partly stored but was not
     /// acknowledged. Producers retrying with the same `id` get the original `seq`.
     #[error("storage error: {0}")]
@@ -94,7 +115,7 @@ impl OutboxError {
         match self {
             Self::Storage(e) => crate::durable::is_unopenable(e),
             Self::Corrupt { .. } => true,
-            Self::Full { .. } | Self::Closed => false,
+            Self::Full { .. } | Self::DiskFull { .. } | Self::Closed | Self::Reopening(_) => false,
         }
     }
 }
@@ -145,7 +166,8 @@ pub(crate) enum Command {
 /// Cheap, cloneable handle to the outbox: appends and acks go to the writer, reads go to sled.
 #[derive(Clone)]
 pub struct Outbox {
-    tree: sled::Tree,
+    /// The store's tree; `None` while the writer reopens the store after an I/O error.
+    tree: Arc<RwLock<Option<sled::Tree>>>,
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<OutboxStats>,
 }
@@ -189,12 +211,11 @@ impl Outbox {
         // sled's own `flush` is not a real fsync on Linux: every group commit ends in
         // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
         // reads it.
-        let (db, sync) = crate::durable::open(dir, config.cache_bytes)?;
-        let tree = db.open_tree("outbox")?;
-        let stats = recovery::load_or_init(&tree)?;
+        let (store, stats) = store::Store::open(dir, config.cache_bytes)?;
+        let tree = Arc::new(RwLock::new(Some(store.tree.clone())));
         let (stats_tx, stats_rx) = watch::channel(stats);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let w = Writer::new(db, sync, tree.clone(), config, stats, rx, stats_tx);
+        let w = Writer::new(dir, store, tree.clone(), config, stats, rx, stats_tx);
         Ok((
             Outbox {
                 tree,
@@ -246,6 +267,15 @@ impl Outbox {
             .await
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// The store's tree (a cheap handle), unless the writer is reopening the store.
+    fn tree(&self) -> Result<sled::Tree, OutboxError> {
+        self.tree
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| OutboxError::Reopening("reads resume once it is open".into()))
     }
 
     /// Counters as of the last fsync.
@@ -337,7 +367,8 @@ impl Outbox {
         if after.saturating_add(1) >= durable_end {
             return Ok(out);
         }
-        'chunks: for stored in chunk::from_seq(&self.tree, after + 1) {
+        let tree = self.tree()?;
+        'chunks: for stored in chunk::from_seq(&tree, after + 1) {
             let stored = stored?;
             if stored.first_seq >= durable_end {
                 break;

@@ -172,9 +172,12 @@ impl IngestHttp {
             }
             Err(e) => {
                 let status = match &e {
-                    OutboxError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                    OutboxError::Full { .. } | OutboxError::DiskFull { .. } => {
+                        StatusCode::INSUFFICIENT_STORAGE
+                    }
+                    // sled keeps the kind, not the errno, of the error it clones.
                     OutboxError::Storage(sled::Error::Io(io))
-                        if io.raw_os_error() == Some(28 /* ENOSPC */) =>
+                        if io.kind() == std::io::ErrorKind::StorageFull =>
                     {
                         StatusCode::INSUFFICIENT_STORAGE
                     }

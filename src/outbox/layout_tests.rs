@@ -16,6 +16,7 @@ fn config(id_retention: u64, max_bytes: u64, overflow: Overflow) -> OutboxConfig
         overflow,
         cache_bytes: 1 << 20,
         id_retention,
+        min_free_bytes: 0,
     }
 }
 

@@ -8,6 +8,7 @@ fn config(max_bytes: u64, overflow: Overflow) -> OutboxConfig {
         overflow,
         cache_bytes: 1 << 20,
         id_retention: 10,
+        min_free_bytes: 0,
     }
 }
 

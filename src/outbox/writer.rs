@@ -14,6 +14,9 @@
 // `id_retention` seqs behind the cursor, a bounded number per ack.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -21,11 +24,11 @@ use uuid::Uuid;
 
 use super::chunk::{self, Builder};
 use super::recovery::{event_id, put_counters, roll_back};
+use super::store::{Store, free_bytes};
 use super::{
     Appended, Command, OutboxConfig, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key,
 };
 use crate::config::Overflow;
-use crate::durable::FsSync;
 use crate::event::{NewEvent, now_rfc3339};
 use crate::heartbeat::Heartbeat;
 
@@ -38,12 +41,24 @@ const CHUNKS_PER_BATCH: usize = 16;
 const PRUNE_IDS_PER_ACK: usize = 4096;
 /// Most ids forgotten in one sled batch.
 const PRUNE_BATCH: usize = 128;
+/// Least time between two reopens of a store that failed with an I/O error (sled keeps such an
+/// error for good: every later write fails until the store is opened again).
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether sled's error is the I/O kind it keeps for good (see [`REOPEN_EVERY`]).
+fn is_io(e: &OutboxError) -> bool {
+    matches!(e, OutboxError::Storage(sled::Error::Io(_)))
+}
 
 /// The writer task; run it with [`Writer::run`].
 pub struct Writer {
-    db: sled::Db,
-    sync: FsSync,
-    tree: sled::Tree,
+    dir: PathBuf,
+    /// `None` only while the store is being reopened.
+    store: Option<Store>,
+    /// The readers' handle on the tree, replaced on a reopen.
+    shared: Arc<RwLock<Option<sled::Tree>>>,
+    /// The last I/O failure (sled keeps it for good) and when a reopen was last tried.
+    broken: Option<(OutboxError, Instant)>,
     config: OutboxConfig,
     /// Counters as written to sled (durable once the group's fsync returns).
     stats: OutboxStats,
@@ -81,18 +96,19 @@ enum Reply {
 
 impl Writer {
     pub(super) fn new(
-        db: sled::Db,
-        sync: FsSync,
-        tree: sled::Tree,
+        dir: &Path,
+        store: Store,
+        shared: Arc<RwLock<Option<sled::Tree>>>,
         config: OutboxConfig,
         stats: OutboxStats,
         commands: mpsc::Receiver<Command>,
         published: watch::Sender<OutboxStats>,
     ) -> Self {
         Self {
-            db,
-            sync,
-            tree,
+            dir: dir.to_owned(),
+            store: Some(store),
+            shared,
+            broken: None,
             config,
             stats,
             dirty: false,
@@ -129,7 +145,7 @@ impl Writer {
                 None => break,
             }
         }
-        if let Err(e) = self.sync.flush(&self.db).await {
+        if let Err(e) = self.flush().await {
             log::error!(error:% = e; "final outbox flush failed");
         }
         log::info!(next_seq = self.stats.next_seq, acked_seq = self.stats.acked_seq; "outbox writer stopped");
@@ -157,19 +173,33 @@ impl Writer {
                 next = self.commands.try_recv().ok();
             }
         }
-        let written = self.write_group(group);
-        let flushed = match written {
-            Ok(()) => self.sync.flush(&self.db).await.map_err(OutboxError::from),
-            Err(e) => Err(e),
+        // A broken store answers every command with the refusal and is not flushed.
+        let flushed = match (&clean, self.write_group(group)) {
+            (Err(_), _) => Ok(()),
+            (Ok(()), Ok(())) => self.flush().await,
+            (Ok(()), Err(e)) => Err(e),
         };
         if let Err(e) = &flushed {
             log::error!(error:% = e; "outbox commit failed; answering the group with an error");
+            if is_io(e) && self.broken.is_none() {
+                self.broken = Some((e.clone(), Instant::now()));
+            }
         } else {
             self.published.send_replace(self.stats);
         }
+        if self.broken.is_none() {
+            let failed = replies.iter().find_map(|r| match r {
+                Reply::Append(_, Err(e)) | Reply::Ack(_, Err(e)) if is_io(e) => Some(e.clone()),
+                _ => None,
+            });
+            self.broken = failed.map(|e| (e, Instant::now()));
+        }
+        let flushed = flushed.map_err(|e| self.out_of_space(e));
         for reply in replies {
             match (reply, &flushed) {
-                (Reply::Append(tx, r), Ok(())) => drop(tx.send(r)),
+                (Reply::Append(tx, r), Ok(())) => {
+                    drop(tx.send(r.map_err(|e| self.out_of_space(e))))
+                }
                 (Reply::Ack(tx, r), Ok(())) => drop(tx.send(r)),
                 (Reply::Append(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
                 (Reply::Ack(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
@@ -177,12 +207,94 @@ impl Writer {
         }
     }
 
-    /// After a failed write: rolls back what it left past `next_seq` before anything new.
+    /// sled's flush and the fsyncs of the open store.
+    async fn flush(&self) -> Result<(), OutboxError> {
+        let store = self.store()?;
+        Ok(store.sync.flush(&store.db).await?)
+    }
+
+    fn store(&self) -> Result<&Store, OutboxError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| OutboxError::Reopening("the store is not open".into()))
+    }
+
+    fn tree(&self) -> Result<&sled::Tree, OutboxError> {
+        Ok(&self.store()?.tree)
+    }
+
+    /// Before a group: reopens a store that failed with an I/O error (at most every
+    /// [`REOPEN_EVERY`]), then rolls back what a failed write left past `next_seq`.
     fn clean_up(&mut self) -> Result<(), OutboxError> {
+        if let Some((error, tried)) = &self.broken {
+            if tried.elapsed() < REOPEN_EVERY {
+                return Err(self.refusal(error));
+            }
+            let error = error.clone();
+            if let Err(e) = self.reopen() {
+                log::warn!(error:% = e; "reopening the outbox store failed; retrying");
+                self.broken = Some((error.clone(), Instant::now()));
+                return Err(self.refusal(&error));
+            }
+            self.broken = None;
+        }
         if self.dirty {
-            roll_back(&self.tree, self.stats.next_seq)?;
+            roll_back(self.tree()?, self.stats.next_seq)?;
             self.dirty = false;
         }
+        Ok(())
+    }
+
+    /// sled's "no space left" (an I/O error of kind `StorageFull`, its errno lost in sled's
+    /// copy) as [`OutboxError::DiskFull`], with the free space now; any other error as it is.
+    fn out_of_space(&self, e: OutboxError) -> OutboxError {
+        match &e {
+            OutboxError::Storage(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                OutboxError::DiskFull {
+                    free: free_bytes(&self.dir).unwrap_or(0),
+                    min_free: self.config.min_free_bytes,
+                }
+            }
+            _ => e,
+        }
+    }
+
+    /// What a group is answered while the store is broken: disk full when it is (507).
+    fn refusal(&self, error: &OutboxError) -> OutboxError {
+        match free_bytes(&self.dir) {
+            Ok(free) if free < self.config.min_free_bytes => OutboxError::DiskFull {
+                free,
+                min_free: self.config.min_free_bytes,
+            },
+            _ => match self.out_of_space(error.clone()) {
+                full @ OutboxError::DiskFull { .. } => full,
+                other => OutboxError::Reopening(other.to_string()),
+            },
+        }
+    }
+
+    /// Drops the failed store (sled releases its lock once every handle is gone; readers hold
+    /// theirs only during a read) and opens it again from what is on disk.
+    fn reopen(&mut self) -> Result<(), OutboxError> {
+        let free = free_bytes(&self.dir).map_err(|e| OutboxError::Storage(e.into()))?;
+        if free < self.config.min_free_bytes {
+            return Err(OutboxError::DiskFull {
+                free,
+                min_free: self.config.min_free_bytes,
+            });
+        }
+        self.store = None;
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = None;
+        let (store, stats) = Store::open(&self.dir, self.config.cache_bytes)?;
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Some(store.tree.clone());
+        self.store = Some(store);
+        self.stats = stats;
+        self.dirty = false;
+        self.published.send_replace(stats);
+        log::warn!(next_seq = stats.next_seq, acked_seq = stats.acked_seq;
+            "reopened the outbox store after an I/O error");
         Ok(())
     }
 
@@ -212,7 +324,7 @@ impl Writer {
         };
         let mut batch = sled::Batch::default();
         put_counters(&mut batch, &staged);
-        self.tree.apply_batch(batch)?;
+        self.tree()?.apply_batch(batch)?;
         self.stats = staged;
         Ok(())
     }
@@ -223,6 +335,13 @@ impl Writer {
         events: Vec<NewEvent>,
         group: &mut Group,
     ) -> Result<Appended, OutboxError> {
+        let free = free_bytes(&self.dir).map_err(|e| OutboxError::Storage(e.into()))?;
+        if free < self.config.min_free_bytes {
+            return Err(OutboxError::DiskFull {
+                free,
+                min_free: self.config.min_free_bytes,
+            });
+        }
         let now = now_rfc3339();
         let first_seq = self.stats.next_seq + group.events;
         let mut next_seq = first_seq;
@@ -294,7 +413,7 @@ impl Writer {
     /// at or past the durable end, or naming a stored event with another id, is stale (a
     /// crash cut its commit) and means "not stored".
     fn known_seq(&self, id: &Uuid) -> Result<Option<u64>, OutboxError> {
-        let Some(seq) = self.tree.get(id_key(id))?.and_then(|v| decode_u64(&v)) else {
+        let Some(seq) = self.tree()?.get(id_key(id))?.and_then(|v| decode_u64(&v)) else {
             return Ok(None);
         };
         if seq >= self.stats.next_seq {
@@ -303,7 +422,7 @@ impl Writer {
         if seq <= self.stats.acked_seq {
             return Ok(Some(seq));
         }
-        let Some(stored) = chunk::from_seq(&self.tree, seq).next().transpose()? else {
+        let Some(stored) = chunk::from_seq(self.tree()?, seq).next().transpose()? else {
             return Ok(Some(seq)); // dropped by drop_oldest: it was accepted once
         };
         let events = stored.events().map_err(|e| OutboxError::Corrupt {
@@ -342,7 +461,7 @@ impl Writer {
             if n + 1 == count {
                 put_counters(&mut batch, &staged);
             }
-            result = self.tree.apply_batch(batch);
+            result = self.tree()?.apply_batch(batch);
             if result.is_err() {
                 break;
             }
@@ -364,7 +483,7 @@ impl Writer {
     fn drop_oldest(&mut self, needed: u64) -> Result<(), OutboxError> {
         let (mut first, mut last, mut dropped) = (None, 0, 0u64);
         while self.stats.backlog_bytes + needed > self.config.max_bytes {
-            let chunks = chunk::from_seq(&self.tree, 0)
+            let chunks = chunk::from_seq(self.tree()?, 0)
                 .take(CHUNKS_PER_BATCH)
                 .collect::<Result<Vec<_>, _>>()?;
             if chunks.is_empty() {
@@ -389,7 +508,7 @@ impl Writer {
                 }
             }
             put_counters(&mut batch, &staged);
-            self.tree.apply_batch(batch)?;
+            self.tree()?.apply_batch(batch)?;
             self.stats = staged;
         }
         if let Some(first) = first {
@@ -413,7 +532,7 @@ impl Writer {
     fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
         let upto = upto.min(self.stats.sent_seq);
         while self.stats.acked_seq < upto {
-            let chunks = chunk::from_seq(&self.tree, self.stats.acked_seq + 1)
+            let chunks = chunk::from_seq(self.tree()?, self.stats.acked_seq + 1)
                 .take(CHUNKS_PER_BATCH)
                 .collect::<Result<Vec<_>, _>>()?;
             let mut staged = self.stats;
@@ -444,7 +563,7 @@ impl Writer {
                 staged.acked_seq = upto;
             }
             put_counters(&mut batch, &staged);
-            self.tree.apply_batch(batch)?;
+            self.tree()?.apply_batch(batch)?;
             self.stats = staged;
         }
         self.prune_ids()
@@ -457,7 +576,7 @@ impl Writer {
             .acked_seq
             .saturating_sub(self.config.id_retention);
         let old = self
-            .tree
+            .tree()?
             .range(id_by_seq_key(0)..=id_by_seq_key(horizon))
             .take(PRUNE_IDS_PER_ACK)
             .collect::<Result<Vec<_>, _>>()?;
@@ -467,14 +586,14 @@ impl Writer {
                 let seq = decode_u64(&key[1..]);
                 if let Ok(id) = Uuid::from_slice(id) {
                     // The id may since have been stored again under a newer seq.
-                    let indexed = self.tree.get(id_key(&id))?.and_then(|v| decode_u64(&v));
+                    let indexed = self.tree()?.get(id_key(&id))?.and_then(|v| decode_u64(&v));
                     if indexed == seq {
                         batch.remove(&id_key(&id)[..]);
                     }
                 }
                 batch.remove(key);
             }
-            self.tree.apply_batch(batch)?;
+            self.tree()?.apply_batch(batch)?;
         }
         Ok(())
     }
