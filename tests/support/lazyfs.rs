@@ -178,7 +178,9 @@ impl LazyFs {
 }
 
 impl Drop for LazyFs {
+    /// Lets any process still in a held sync die (a failing test), then detaches the mount.
     fn drop(&mut self) {
+        self.fail_held_syncs();
         detach(&self.mountpoint);
         drop(self.session.take());
     }
