@@ -5,7 +5,10 @@
 mod support;
 
 mod crash_families;
+#[path = "../support/lazyfs.rs"]
+mod lazyfs;
 mod netns;
+mod powercut;
 mod proxy_families;
 mod proxy_modes;
 mod real_net;
