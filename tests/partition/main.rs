@@ -5,7 +5,7 @@
 mod support;
 
 mod crash_families;
-#[path = "../support/lazyfs.rs"]
+#[path = "../support/lazyfs/mod.rs"]
 mod lazyfs;
 mod netns;
 mod powercut;
