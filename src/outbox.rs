@@ -157,8 +157,9 @@ pub(crate) enum Command {
         upto: u64,
         reply: oneshot::Sender<Result<(), OutboxError>>,
     },
-    MarkSent {
-        upto: u64,
+    Progress {
+        acked: Option<u64>,
+        sent: u64,
         reply: oneshot::Sender<Result<(), OutboxError>>,
     },
 }
@@ -255,18 +256,28 @@ impl Outbox {
         rx.await.map_err(|_| OutboxError::Closed)?
     }
 
-    /// Records durably that events up to `upto` (at most the last stored seq) are about to be
-    /// sent upstream: call before sending them. Lower than the current mark is a no-op.
+    /// Records durably that events up to `sent` (at most the last stored seq) are about to be
+    /// sent upstream, and, in the same commit (one fsync), the previous batch's ack `acked`
+    /// when given (as [`Outbox::ack`]). Call before sending them. A `sent` lower than the
+    /// current mark leaves it as it is.
     ///
     /// # Errors
     /// [`OutboxError::Closed`] or [`OutboxError::Storage`].
-    pub async fn mark_sent(&self, upto: u64) -> Result<(), OutboxError> {
+    pub async fn progress(&self, acked: Option<u64>, sent: u64) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::MarkSent { upto, reply })
+            .send(Command::Progress { acked, sent, reply })
             .await
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// [`Outbox::progress`] without an ack.
+    ///
+    /// # Errors
+    /// As [`Outbox::progress`].
+    pub async fn mark_sent(&self, sent: u64) -> Result<(), OutboxError> {
+        self.progress(None, sent).await
     }
 
     /// The store's tree (a cheap handle), unless the writer is reopening the store.

@@ -197,9 +197,15 @@ impl Relay {
         self.status.set_upstream(UpstreamState::Connected, None);
         log::info!(gateway = gateway, stream:% = stream, acked_seq = cursor; "resuming after the upstream's cursor");
         let mut changes = self.outbox.watch();
+        // The last batch's ack, committed with the next batch's sent mark (one fsync for both)
+        // or, when nothing follows, on its own.
+        let mut pending_ack: Option<u64> = None;
         loop {
             self.heartbeat.beat();
             if shutdown.is_cancelled() {
+                if let Some(acked) = pending_ack {
+                    self.outbox.ack(acked).await?;
+                }
                 return Ok(());
             }
             changes.borrow_and_update();
@@ -209,6 +215,10 @@ impl Relay {
                 self.config.batch_max_bytes,
             )?;
             let Some(sent_to) = events.last().map(|e| e.seq).or(gap.map(|g| g.dropped_to)) else {
+                if let Some(acked) = pending_ack.take() {
+                    self.outbox.ack(acked).await?;
+                    continue;
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     r = changes.changed() => if r.is_err() { return Ok(()) },
@@ -222,8 +232,8 @@ impl Relay {
                     "reporting a gap of {} events to the upstream", g.dropped_to - g.dropped_from + 1);
             }
             // Durably first: a cursor or ack can never delete what was never sent.
-            if sent_to > self.outbox.stats().sent_seq {
-                self.outbox.mark_sent(sent_to).await?;
+            if sent_to > self.outbox.stats().sent_seq || pending_ack.is_some() {
+                self.outbox.progress(pending_ack.take(), sent_to).await?;
             }
             let ack = session
                 .ingest(&IngestArgs {
@@ -246,7 +256,7 @@ impl Relay {
                     cursor + 1
                 )));
             }
-            self.outbox.ack(acked).await?;
+            pending_ack = Some(acked);
             self.status.delivered(count.min(acked - cursor));
             log::debug!(gateway = gateway, stream:% = stream, seq = cursor + 1, last_seq = sent_to, acked_seq = acked;
                 "batch acknowledged");

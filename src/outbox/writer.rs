@@ -160,11 +160,11 @@ impl Writer {
         while let Some(cmd) = next.take() {
             events += match &cmd {
                 Command::Append { events, .. } => events.len().max(1),
-                Command::Ack { .. } | Command::MarkSent { .. } => 1,
+                Command::Ack { .. } | Command::Progress { .. } => 1,
             };
             replies.push(match (&clean, cmd) {
                 (Err(e), Command::Append { reply, .. }) => Reply::Append(reply, Err(e.clone())),
-                (Err(e), Command::Ack { reply, .. } | Command::MarkSent { reply, .. }) => {
+                (Err(e), Command::Ack { reply, .. } | Command::Progress { reply, .. }) => {
                     Reply::Ack(reply, Err(e.clone()))
                 }
                 (Ok(()), cmd) => self.apply(cmd, &mut group),
@@ -308,7 +308,12 @@ impl Writer {
                 Reply::Append(reply, r)
             }
             Command::Ack { upto, reply } => Reply::Ack(reply, self.ack(upto)),
-            Command::MarkSent { upto, reply } => Reply::Ack(reply, self.mark_sent(upto)),
+            Command::Progress { acked, sent, reply } => {
+                let r = self
+                    .mark_sent(sent)
+                    .and_then(|()| acked.map_or(Ok(()), |upto| self.ack(upto)));
+                Reply::Ack(reply, r)
+            }
         }
     }
 
