@@ -7,8 +7,9 @@
 //! - `--cycles C` (default 10): fill/drain cycles; cycle 1 carries the main figures;
 //! - `--idle-secs S` (default 10): how long the idle relay settles before its RSS is read.
 //!
-//! Quick run: `cargo bench --bench throughput -- --events 100000 --cycles 2` (~1 min after the
-//! build). The default run takes about 15-25 minutes on a shared 2-core VM (~1.5 min per cycle).
+//! Quick run: `cargo bench --bench throughput -- --events 100000 --cycles 2` (a few minutes
+//! after the build). The default run took 41 min on the shared 2-core VM under a load average of
+//! 6-8 (about 3.5 min per 1M-event cycle, mostly the drain); a quiet box needs roughly half that.
 //!
 //! Measures, on this machine, in this order:
 //! 1. a floor: the stored bytes of N events (each event's JSON and a newline) appended to a plain
