@@ -72,6 +72,12 @@ pub struct HttpIngestConfig {
     pub max_body_bytes: usize,
     /// Largest accepted event `data`, bytes (encoded JSON). Default 64 KiB.
     pub max_event_bytes: usize,
+    /// Most connections open at once (1..=65536); more wait in the kernel's backlog. Default 512.
+    /// Each takes a file descriptor: the unit's `LimitNOFILE` is sized for the default.
+    pub max_connections: usize,
+    /// File with a bearer token that `POST /v1/events` must carry (`Authorization: Bearer ...`).
+    /// Read at start, never logged. Absent: no token is asked for.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Upstream transport.
@@ -190,6 +196,8 @@ impl Default for HttpIngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             max_body_bytes: 4 * 1024 * 1024,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_connections: 512,
+            token_file: None,
         }
     }
 }
@@ -291,6 +299,10 @@ impl Config {
         ensure!(
             http.max_body_bytes >= http.max_event_bytes,
             "ingest.http.max_body_bytes must be >= max_event_bytes"
+        );
+        ensure!(
+            (1..=65_536).contains(&http.max_connections),
+            "ingest.http.max_connections must be in 1..=65536"
         );
         let up = &self.upstream;
         match up.transport {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
@@ -12,17 +12,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{BodyError, parse_events};
+use super::receive::{BodyBudget, ReceiveError};
 use crate::config::HttpIngestConfig;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
 
 /// How long in-flight requests may run after shutdown starts before their connections close.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-/// Longest a client may take to send a request body.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most `POST /v1/events` bodies read, parsed or committed at once; further posts wait for a
-/// permit. Bounds ingest memory to about this many times `max_body_bytes` (x3 once parsed).
-pub const MAX_CONCURRENT_POSTS: usize = 16;
+
+/// File descriptors the daemon needs besides its ingest connections (sled's files, the upstream
+/// and MQTT sockets, the journal), with room to spare.
+pub const FD_RESERVE: u64 = 256;
 
 /// The local HTTP ingest endpoint. Run it with [`IngestHttp::run`].
 #[derive(Clone)]
@@ -30,8 +30,8 @@ pub struct IngestHttp {
     outbox: Outbox,
     status: Arc<StatusBoard>,
     gateway: Arc<str>,
-    posts: Arc<tokio::sync::Semaphore>,
-    max_body_bytes: usize,
+    budget: BodyBudget,
+    max_connections: usize,
     max_event_bytes: usize,
 }
 
@@ -49,20 +49,31 @@ impl IngestHttp {
             outbox,
             status,
             gateway: gateway.into(),
-            posts: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS)),
-            max_body_bytes: config.max_body_bytes,
+            budget: BodyBudget::new(config.max_body_bytes),
+            max_connections: config.max_connections,
             max_event_bytes: config.max_event_bytes,
         }
     }
 
-    /// Serves on `listener` until `shutdown`; in-flight requests get [`SHUTDOWN_DRAIN`].
+    /// Serves on `listener` until `shutdown`, at most `ingest.http.max_connections` at once;
+    /// in-flight requests get [`SHUTDOWN_DRAIN`].
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        let max_connections = self.max_connections;
+        warn_if_descriptors_short(max_connections);
         let this = Arc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
             async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
         });
-        crate::http_serve::serve(listener, service, shutdown, SHUTDOWN_DRAIN, "ingest-http").await;
+        crate::http_serve::serve(
+            listener,
+            service,
+            shutdown,
+            SHUTDOWN_DRAIN,
+            max_connections,
+            "ingest-http",
+        )
+        .await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
@@ -100,42 +111,30 @@ impl IngestHttp {
         }
     }
 
+    /// Receives the body without holding any slot, then parses and commits it within the
+    /// parse budget (see [`super::receive`]).
     async fn post_events(&self, req: Request<Incoming>) -> HttpResponse {
-        let Ok(_permit) = self.posts.acquire().await else {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // Held (with its budget) until the commit is answered.
+        let received = match self.budget.receive(req.into_body(), declared).await {
+            Ok(received) => received,
+            Err(e) => {
+                let status = match &e {
+                    ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    ReceiveError::Timeout => StatusCode::REQUEST_TIMEOUT,
+                    ReceiveError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    ReceiveError::Read(_) => StatusCode::BAD_REQUEST,
+                };
+                return error_response(status, &e.to_string(), None, None);
+            }
+        };
+        let Some(_parsing) = self.budget.parse_slot(received.bytes.len()).await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down", None, None);
         };
-        let limited = Limited::new(req.into_body(), self.max_body_bytes);
-        let body = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
-            Err(_) => {
-                return error_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!("request body not received within {BODY_READ_TIMEOUT:?}"),
-                    None,
-                    None,
-                );
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
-                        "body exceeds {} bytes (ingest.http.max_body_bytes)",
-                        self.max_body_bytes
-                    ),
-                    None,
-                    None,
-                );
-            }
-            Ok(Err(e)) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading body: {e}"),
-                    None,
-                    None,
-                );
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
-        let events = match parse_events(&body, self.max_event_bytes) {
+        let events = match parse_events(&received.bytes, self.max_event_bytes) {
             Ok(events) => events,
             Err(e) => {
                 let status = match &e {
@@ -183,6 +182,24 @@ impl IngestHttp {
                 error_response(status, &e.to_string(), None, None)
             }
         }
+    }
+}
+
+/// At the connection cap every further accept would fail with EMFILE instead of waiting.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = max_connections as u64 + FD_RESERVE;
+    if limit.rlim_cur < needed {
+        log::warn!(limit = limit.rlim_cur, needed = needed;
+            "open-file limit {} is below ingest.http.max_connections + {FD_RESERVE}; \
+             raise LimitNOFILE= or lower max_connections", limit.rlim_cur);
     }
 }
 

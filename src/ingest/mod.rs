@@ -3,3 +3,4 @@
 pub mod body;
 pub mod http;
 pub mod mqtt;
+pub mod receive;
