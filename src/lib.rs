@@ -106,6 +106,14 @@ pub async fn start_watched(
     watchdog: Option<std::time::Duration>,
 ) -> anyhow::Result<Daemon> {
     config.validate()?;
+    let ingest_token = config
+        .ingest
+        .http
+        .token_file
+        .as_deref()
+        .map(Secret::from_file)
+        .transpose()
+        .context("ingest.http.token_file")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let outbox_config = OutboxConfig::from(&config.buffer);
@@ -144,6 +152,7 @@ pub async fn start_watched(
         status.clone(),
         &config.gateway_id,
         &config.ingest.http,
+        ingest_token,
     );
     let ingest_mqtt = match &config.ingest.mqtt {
         Some(mqtt) => {

@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::admit::{Refusal, admit};
 use super::body::{BodyError, parse_events};
 use super::receive::{BodyBudget, ReceiveError};
-use crate::config::HttpIngestConfig;
+use crate::config::{HttpIngestConfig, Secret};
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
 
@@ -30,6 +31,7 @@ pub struct IngestHttp {
     outbox: Outbox,
     status: Arc<StatusBoard>,
     gateway: Arc<str>,
+    token: Option<Arc<Secret>>,
     budget: BodyBudget,
     max_connections: usize,
     max_event_bytes: usize,
@@ -38,17 +40,25 @@ pub struct IngestHttp {
 type HttpResponse = Response<Full<Bytes>>;
 
 impl IngestHttp {
-    /// Builds the endpoint over `outbox`; `status` is the relay's board.
+    /// Builds the endpoint over `outbox`; `status` is the relay's board; `token` (read from
+    /// `ingest.http.token_file`) is then required on `POST /v1/events`.
     pub fn new(
         outbox: Outbox,
         status: Arc<StatusBoard>,
         gateway: &str,
         config: &HttpIngestConfig,
+        token: Option<Secret>,
     ) -> Self {
+        if token.is_none() && !config.listen.ip().is_loopback() {
+            log::warn!(listen:% = config.listen;
+                "ingest listens on {} beyond loopback with no ingest.http.token_file: \
+                 anyone who can reach it can post events", config.listen);
+        }
         Self {
             outbox,
             status,
             gateway: gateway.into(),
+            token: token.map(Arc::new),
             budget: BodyBudget::new(config.max_body_bytes),
             max_connections: config.max_connections,
             max_event_bytes: config.max_event_bytes,
@@ -114,6 +124,20 @@ impl IngestHttp {
     /// Receives the body without holding any slot, then parses and commits it within the
     /// parse budget (see [`super::receive`]).
     async fn post_events(&self, req: Request<Incoming>) -> HttpResponse {
+        if let Err(refusal) = admit(req.headers(), self.token.as_deref()) {
+            let status = match refusal {
+                Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+                Refusal::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            };
+            let mut resp = error_response(status, &refusal.to_string(), None, None);
+            if refusal == Refusal::Unauthorized {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return resp;
+        }
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
