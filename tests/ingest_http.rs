@@ -252,3 +252,28 @@ async fn drop_oldest_counts_the_drop_and_the_upstream_records_the_gap() {
     assert_eq!(cursor.acked_seq, Some(stats.next_seq - 1));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_must_be_rfc3339_and_a_bad_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_config(
+        tmp.path(),
+        &format!("http://{}/mcp", dead_upstream()),
+    ))
+    .await;
+    for bad in ["yesterday", "2026-13-45T99:99:99Z", "2026-11-21 05:00"] {
+        let body = json!([
+            {"source": "a", "data": 1, "time": "2026-11-21T05:00:00.015Z"},
+            {"source": "a", "data": 2, "time": bad},
+        ]);
+        let (code, answer) = post(relay.ingest_addr, body.to_string()).await;
+        assert_eq!(code, 400, "{bad}: {answer}");
+        assert_eq!(answer["index"], 1, "{answer}");
+        assert_eq!(answer["field"], "time", "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("RFC 3339"), "{answer}");
+    }
+    assert_eq!(relay.outbox.stats().next_seq, 1, "nothing stored");
+    let offset = json!({"source": "a", "data": 1, "time": "2026-11-21T07:00:00+02:00"});
+    assert_eq!(post(relay.ingest_addr, offset.to_string()).await.0, 200);
+    relay.stop().await;
+}
