@@ -163,7 +163,8 @@ impl IngestHttp {
             Err(e) => {
                 let status = match &e {
                     e if e.is_oversize() => StatusCode::PAYLOAD_TOO_LARGE,
-                    BodyError::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::TooMany => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::IdConflict { .. } => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let (index, field) = e.location();

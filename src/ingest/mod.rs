@@ -4,4 +4,5 @@ pub mod admit;
 pub mod body;
 pub mod http;
 pub mod mqtt;
+pub mod numbers;
 pub mod receive;
