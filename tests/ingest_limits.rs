@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use edge_relay::config::Config;
 use serde_json::Value;
+use support::process;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -155,4 +156,83 @@ fn the_unit_allows_a_descriptor_per_connection_and_a_reserve() {
         limit >= default + edge_relay::ingest::http::FD_RESERVE as usize,
         "LimitNOFILE={limit} for max_connections = {default}"
     );
+}
+
+/// Peak resident set (`VmHWM`) of process `pid`, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A body of `events` events whose `data` is 30,000 one-digit numbers (60 KB): the costliest
+/// shape to parse, each 2-byte value becoming a 32-byte `serde_json::Value`.
+fn many_small_values(n: usize, events: usize) -> Vec<u8> {
+    let data = vec!["7"; 30_000].join(",");
+    (0..events)
+        .map(|i| format!("{{\"source\":\"s{n}-{i}\",\"data\":[{data}]}}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// POSTs an NDJSON body with no deadline of its own (the caller bounds it).
+async fn post_ndjson(addr: SocketAddr, body: Vec<u8>) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/v1/events")
+        .header("host", addr.to_string())
+        .header("content-type", "application/x-ndjson")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Peak RSS of the real binary under 16 concurrent 4 MiB bodies of many small values.
+/// Debug build on a 2-core box: old code (16 bodies parsed at once) grew by 459 MiB, this one
+/// by ~180 MiB (64 MiB of bodies received, one parsed at a time). Printed with
+/// `cargo test --test ingest_limits memory -- --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_within_budget_under_16_concurrent_4_mib_bodies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = process::free_port();
+    let dead = process::free_port();
+    let upstream = format!("url = \"http://{dead}/mcp\"");
+    let config = process::write_config(tmp.path(), "gw", listen, &upstream);
+    let quiet = [("RUST_LOG", std::ffi::OsStr::new("error"))];
+    let mut daemon = process::spawn_daemon(&config, &quiet);
+    process::wait_listening(listen, "edge-relay").await;
+    let pid = daemon.id();
+    let before = peak_rss_kib(pid);
+    let posts: Vec<_> = (0..16)
+        .map(|n| {
+            let body = many_small_values(n, 68);
+            assert!(
+                body.len() <= 4 << 20 && body.len() > 4_000_000,
+                "{}",
+                body.len()
+            );
+            tokio::spawn(post_ndjson(listen, body))
+        })
+        .collect();
+    // Parsing 16 x 2 million values takes ~30 s in a debug build on a busy box.
+    let all = tokio::time::timeout(Duration::from_secs(300), futures::future::join_all(posts));
+    for answer in all.await.expect("16 posts answered") {
+        let (code, answer) = answer.unwrap();
+        assert_eq!(code, 200, "{answer}");
+    }
+    let after = peak_rss_kib(pid);
+    println!(
+        "edge-relay peak RSS: {} MiB idle, {} MiB after 16 concurrent 4 MiB bodies",
+        before / 1024,
+        after / 1024
+    );
+    process::kill_9(&mut daemon);
+    let grown = (after - before) / 1024;
+    assert!(grown < 300, "peak RSS grew by {grown} MiB");
 }

@@ -155,7 +155,7 @@ impl IngestHttp {
                 return error_response(status, &e.to_string(), None, None);
             }
         };
-        let Some(_parsing) = self.budget.parse_slot(received.bytes.len()).await else {
+        let Some(_parsing) = self.budget.parse_slot(&received.bytes).await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down", None, None);
         };
         let events = match parse_events(&received.bytes, self.max_event_bytes) {

@@ -3,8 +3,9 @@
 //! Design: no slot is held while a body arrives, so slow producers delay only themselves.
 //! Memory is bounded by two byte budgets instead: `held` counts the bytes of every body in
 //! memory (arriving, waiting, parsed, being committed) and refuses at once when exhausted
-//! (waiting there could deadlock half-received bodies); `parsing` bounds the bodies expanded
-//! into JSON values at once, which cost several times their size, and makes them queue.
+//! (waiting there could deadlock half-received bodies); `parsing` bounds the memory of bodies
+//! expanded into JSON values at once, estimated from their size and value count (a body of
+//! one-digit numbers grows ~16x, one of long strings hardly), and makes them queue.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +18,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bodies of `max_body_bytes` that may be in memory at once (the `held` budget).
 pub const HELD_BODIES: usize = 16;
-/// Bytes of bodies being parsed or committed at once (the `parsing` budget), unless one
-/// `max_body_bytes` is larger. A parsed body of many small values takes up to ~12x its size.
-pub const PARSE_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+/// Estimated bytes of parsed bodies in memory at once (the `parsing` budget); a body whose
+/// estimate is larger waits until it can be parsed alone.
+pub const PARSE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Estimated bytes a parsed JSON value takes besides its text (a `serde_json::Value` is 32).
+const BYTES_PER_VALUE: usize = 32;
 
 /// Budgets are counted in KiB so that any `max_body_bytes` fits a semaphore's `u32` permits.
 const UNIT: usize = 1024;
@@ -70,10 +73,10 @@ pub struct BodyBudget {
 
 impl BodyBudget {
     /// Budgets for bodies of at most `max_body_bytes`: [`HELD_BODIES`] of them in memory,
-    /// [`PARSE_BUDGET_BYTES`] (at least one body) parsed at once.
+    /// [`PARSE_BUDGET_BYTES`] of parsed values at once.
     pub fn new(max_body_bytes: usize) -> Self {
         let held_bytes = max_body_bytes.saturating_mul(HELD_BODIES);
-        let parse_bytes = PARSE_BUDGET_BYTES.max(max_body_bytes);
+        let parse_bytes = PARSE_BUDGET_BYTES;
         Self {
             max_body_bytes,
             held: Arc::new(Semaphore::new(units(held_bytes) as usize)),
@@ -162,12 +165,23 @@ impl BodyBudget {
         Ok(received)
     }
 
-    /// Waits (FIFO) for `parsing` budget for a body of `len` bytes; hold it until the parsed
-    /// events are committed or dropped. `None` only if the budget was closed.
-    pub async fn parse_slot(&self, len: usize) -> Option<OwnedSemaphorePermit> {
-        let need = units(len.min(self.parse_bytes)).max(1);
+    /// Waits (FIFO) for `parsing` budget for `body` ([`parse_cost`], at most the whole
+    /// budget); hold it until the parsed events are committed or dropped. `None` only if the
+    /// budget was closed.
+    pub async fn parse_slot(&self, body: &[u8]) -> Option<OwnedSemaphorePermit> {
+        let need = units(parse_cost(body).min(self.parse_bytes)).max(1);
         self.parsing.clone().acquire_many_owned(need).await.ok()
     }
+}
+
+/// Estimated bytes `body` takes once parsed: its text plus [`BYTES_PER_VALUE`] per value
+/// (counted by separators and openers, strings included, so it errs high).
+pub fn parse_cost(body: &[u8]) -> usize {
+    let values = body
+        .iter()
+        .filter(|b| matches!(b, b',' | b':' | b'[' | b'{'))
+        .count();
+    body.len() + values * BYTES_PER_VALUE
 }
 
 #[cfg(test)]
@@ -186,12 +200,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn many_small_values_cost_more_than_their_text() {
+        assert_eq!(parse_cost(b"\"long text\""), 11);
+        assert_eq!(parse_cost(b"[1,2,3]"), 7 + 3 * BYTES_PER_VALUE);
+    }
+
     #[tokio::test]
     async fn parse_slots_queue_by_bytes() {
-        let budget = BodyBudget::new(PARSE_BUDGET_BYTES / 2);
-        let a = budget.parse_slot(PARSE_BUDGET_BYTES / 2).await.unwrap();
-        let b = budget.parse_slot(PARSE_BUDGET_BYTES / 2).await.unwrap();
-        let third = budget.parse_slot(1);
+        let budget = BodyBudget::new(1024);
+        let half = vec![b' '; PARSE_BUDGET_BYTES / 2];
+        let a = budget.parse_slot(&half).await.unwrap();
+        let b = budget.parse_slot(&half).await.unwrap();
+        let third = budget.parse_slot(b"1");
         tokio::pin!(third);
         assert!(futures::poll!(third.as_mut()).is_pending(), "budget spent");
         drop(a);
