@@ -176,10 +176,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{seen}");
             }
         }
-        Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
-            println!("{}: ok\n{config:#?}", file.display());
-        }
+        Command::CheckConfig { file } => match Config::check_file(&file) {
+            Ok(mut config) => {
+                config.upstream.url = edge_relay::redact::url(&config.upstream.url).into_owned();
+                if let Some(mqtt) = &mut config.ingest.mqtt {
+                    mqtt.url = edge_relay::redact::url(&mqtt.url).into_owned();
+                }
+                println!("{}: ok\n{config:#?}", file.display());
+            }
+            Err(problems) => {
+                for problem in problems {
+                    eprintln!("{}: {problem}", file.display());
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        },
         Command::Status { json, addr } => {
             let (code, body) =
                 local_client::request(addr, Method::GET, "/v1/status", vec![]).await?;
