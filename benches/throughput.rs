@@ -179,6 +179,7 @@ async fn producer(
         let to = (from + per_body).min(n);
         let req = Request::post("/v1/events")
             .header("host", addr.to_string())
+            .header("content-type", "application/x-ndjson")
             .body(Full::new(lines.body(from, to)))
             .expect("request");
         let resp = sender.send_request(req).await.expect("send");

@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::DEFAULT_MAX_EVENT_BYTES;
+use validate::toml_error;
+
+mod validate;
 
 /// Whole daemon configuration; `Config::default()` is what `edge-relay run` uses with no file.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +75,12 @@ pub struct HttpIngestConfig {
     pub max_body_bytes: usize,
     /// Largest accepted event `data`, bytes (encoded JSON). Default 64 KiB.
     pub max_event_bytes: usize,
+    /// Most connections open at once (1..=65536); more wait in the kernel's backlog. Default 512.
+    /// Each takes a file descriptor: the unit's `LimitNOFILE` is sized for the default.
+    pub max_connections: usize,
+    /// File with a bearer token that `POST /v1/events` must carry (`Authorization: Bearer ...`).
+    /// Read at start, never logged. Absent: no token is asked for.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Upstream transport.
@@ -194,6 +203,8 @@ impl Default for HttpIngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             max_body_bytes: 4 * 1024 * 1024,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_connections: 512,
+            token_file: None,
         }
     }
 }
@@ -264,9 +275,11 @@ impl Config {
     /// Parses TOML text and validates it.
     ///
     /// # Errors
-    /// Syntax errors, unknown keys, wrong types (with the key's location), or a `validate()` failure.
+    /// A syntax error, unknown key or wrong type (one line, with its location), or every
+    /// [`Config::problems`] finding, one per line.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!(toml_error(text, &e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -281,81 +294,28 @@ impl Config {
         Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 
-    /// Checks values that types alone cannot: non-empty names, sane bounds, a usable URL.
+    /// Everything `edge-relay check-config` reports for `path`: a parse error, or every value
+    /// problem ([`Config::problems`]) and every problem of the machine it runs on
+    /// ([`Config::environment_problems`]), one line each. Empty: `run` will accept it.
+    pub fn check_file(path: &Path) -> Result<Self, Vec<String>> {
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("reading it: {e}")])?;
+        let config: Config = toml::from_str(&text).map_err(|e| vec![toml_error(&text, &e)])?;
+        let mut problems = config.problems();
+        problems.extend(config.environment_problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks values that types alone cannot ([`Config::problems`]).
     ///
     /// # Errors
-    /// The first invalid key, named as in the TOML file.
+    /// Every problem, one per line.
     pub fn validate(&self) -> anyhow::Result<()> {
-        use anyhow::ensure;
-        ensure!(!self.gateway_id.is_empty(), "gateway_id must not be empty");
-        let http = &self.ingest.http;
-        ensure!(
-            http.max_event_bytes >= 16,
-            "ingest.http.max_event_bytes must be at least 16"
-        );
-        ensure!(
-            http.max_body_bytes >= http.max_event_bytes,
-            "ingest.http.max_body_bytes must be >= max_event_bytes"
-        );
-        let up = &self.upstream;
-        match up.transport {
-            Transport::Http => ensure!(
-                up.url.starts_with("http://") || up.url.starts_with("https://"),
-                "upstream.url must start with http:// or https:// for transport \"http\""
-            ),
-            Transport::Mqtt => {
-                ensure!(
-                    up.url.starts_with("mqtt://"),
-                    "upstream.url must start with mqtt:// for transport \"mqtt\""
-                );
-                ensure!(
-                    crate::mqtt::topics::valid_server_name(&up.server_name)
-                        || up.server_name.ends_with("/#")
-                        || up.server_name == "#",
-                    "upstream.server_name must be a server name or filter like \"edge/ingest\" or \"edge/#\""
-                );
-            }
-        }
-        ensure!(
-            !up.ingest_tool.is_empty() && !up.cursor_tool.is_empty(),
-            "upstream.ingest_tool and upstream.cursor_tool must not be empty"
-        );
-        if let Some(mqtt) = &self.ingest.mqtt {
-            ensure!(
-                mqtt.url.starts_with("mqtt://"),
-                "ingest.mqtt.url must start with mqtt://"
-            );
-            ensure!(
-                !mqtt.topics.is_empty(),
-                "ingest.mqtt.topics must not be empty"
-            );
-        }
-        let buf = &self.buffer;
-        ensure!(
-            buf.max_bytes >= 1024 * 1024,
-            "buffer.max_bytes must be at least 1 MiB"
-        );
-        ensure!(
-            buf.max_bytes >= 4 * http.max_body_bytes as u64,
-            "buffer.max_bytes must be at least 4 x ingest.http.max_body_bytes"
-        );
-        let relay = &self.relay;
-        ensure!(
-            (1..=10_000).contains(&relay.batch_max_events),
-            "relay.batch_max_events must be in 1..=10000"
-        );
-        ensure!(
-            relay.batch_max_bytes >= 1024,
-            "relay.batch_max_bytes must be at least 1024"
-        );
-        ensure!(
-            relay.backoff_initial_ms >= 1 && relay.backoff_initial_ms <= relay.backoff_max_ms,
-            "relay.backoff_initial_ms must be >= 1 and <= backoff_max_ms"
-        );
-        ensure!(
-            relay.request_timeout_ms >= 100,
-            "relay.request_timeout_ms must be at least 100"
-        );
+        let problems = self.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
         Ok(())
     }
 }

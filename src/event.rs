@@ -95,6 +95,9 @@ impl NewEvent {
         let kind =
             take_string(&mut obj, "kind", MAX_KIND_LEN)?.unwrap_or_else(|| DEFAULT_KIND.to_owned());
         let time = take_string(&mut obj, "time", MAX_TIME_LEN)?;
+        if let Some(time) = &time {
+            check_rfc3339(time)?;
+        }
         let data = obj
             .remove("data")
             .ok_or_else(|| FieldError::new("data", "missing"))?;
@@ -155,6 +158,19 @@ fn take_string(
     }
 }
 
+/// Refuses a `time` that is not an RFC 3339 date-time (`2026-11-21T05:00:00.015Z`,
+/// `2026-11-21T07:00:00+02:00`): an upstream that validates it could refuse the batch forever.
+fn check_rfc3339(time: &str) -> Result<(), FieldError> {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .map(drop)
+        .map_err(|e| {
+            FieldError::new(
+                "time",
+                format!("not an RFC 3339 date-time like 2026-11-21T05:00:00.015Z: {e}"),
+            )
+        })
+}
+
 /// Current UTC time as RFC 3339 with millisecond precision, e.g. `2026-11-21T05:00:00.015Z`.
 pub fn now_rfc3339() -> String {
     rfc3339_from_unix_ms(
@@ -206,6 +222,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.id.unwrap().to_string(), id);
+        for time in [
+            "2026-11-21T05:00:00.015Z",
+            "2026-11-21T07:00:00+02:00",
+            "2016-12-31T23:59:60Z",
+        ] {
+            let e = json!({"source":"a","data":1,"time":time});
+            assert!(NewEvent::from_json(e, 1024).is_ok(), "{time}");
+        }
     }
 
     #[test]
@@ -220,6 +244,20 @@ mod tests {
             (json!({"source":"a","data":1,"seq":3}), "seq"),
             (json!({"source":"a","data":1,"extra":3}), "(event)"),
             (json!({"source":"a","data":"x".repeat(100)}), "data"),
+            (json!({"source":"a","data":1,"time":"yesterday"}), "time"),
+            (
+                json!({"source":"a","data":1,"time":"2026-13-45T99:99:99Z"}),
+                "time",
+            ),
+            (
+                json!({"source":"a","data":1,"time":"2026-02-29T00:00:00Z"}),
+                "time",
+            ),
+            (
+                json!({"source":"a","data":1,"time":"2026-01-01T00:00:00"}),
+                "time",
+            ),
+            (json!({"source":"a","data":1,"time":1767225600}), "time"),
         ];
         for (value, field) in cases {
             let err = NewEvent::from_json(value.clone(), 64).unwrap_err();

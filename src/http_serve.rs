@@ -46,6 +46,8 @@ impl Listener for TcpListener {
 
 /// Serves `service` on every connection accepted from `listener` until `shutdown`.
 ///
+/// At most `max_connections` are open at once: at the cap the loop stops accepting until one
+/// closes, so further clients wait in the kernel's listen backlog and hold no descriptor here.
 /// On shutdown the listener is closed at once; open connections get `drain` to finish the
 /// request in flight (hyper graceful shutdown) and are then dropped. `Duration::ZERO` drops
 /// them immediately, which is how the reference upstream simulates an abrupt stop. Returns
@@ -56,6 +58,7 @@ pub async fn serve<L, S, B>(
     service: S,
     shutdown: CancellationToken,
     drain: Duration,
+    max_connections: usize,
     name: &'static str,
 ) where
     L: Listener,
@@ -69,7 +72,12 @@ pub async fn serve<L, S, B>(
     let tracker = TaskTracker::new();
     let conns = CancellationToken::new();
     let kill = CancellationToken::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -85,6 +93,7 @@ pub async fn serve<L, S, B>(
         let stop = conns.clone();
         let kill = kill.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -15,6 +15,7 @@
 //! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
 //! - [`inspect`]: `edge-relay inspect`, an offline look at a data dir.
 //! - [`relay`]: the delivery loop, reconnect and backoff.
+//! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
 //! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
@@ -46,6 +47,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod outbox;
 pub mod probe;
+pub mod redact;
 pub mod relay;
 pub mod shutdown;
 pub mod sink;
@@ -106,6 +108,14 @@ pub async fn start_watched(
     watchdog: Option<std::time::Duration>,
 ) -> anyhow::Result<Daemon> {
     config.validate()?;
+    let ingest_token = config
+        .ingest
+        .http
+        .token_file
+        .as_deref()
+        .map(Secret::from_file)
+        .transpose()
+        .context("ingest.http.token_file")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let outbox_config = OutboxConfig::from(&config.buffer);
@@ -144,6 +154,7 @@ pub async fn start_watched(
         status.clone(),
         &config.gateway_id,
         &config.ingest.http,
+        ingest_token,
     );
     let ingest_mqtt = match &config.ingest.mqtt {
         Some(mqtt) => {

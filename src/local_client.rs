@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
+use crate::config::Secret;
+
 /// Timeout of one CLI request to the local daemon (connect + answer).
 pub const LOCAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -22,6 +24,21 @@ pub async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, String)> {
+    request_with_token(addr, method, path, body, None).await
+}
+
+/// [`request`] with `Authorization: Bearer <token>` when a token is given
+/// (`ingest.http.token_file`).
+///
+/// # Errors
+/// As [`request`].
+pub async fn request_with_token(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&Secret>,
+) -> anyhow::Result<(u16, String)> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -31,12 +48,16 @@ pub async fn request(
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.to_string())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            let value = format!("Bearer {}", token.expose());
+            req = req.header(hyper::header::AUTHORIZATION, value);
+        }
+        let req = req.body(Full::new(Bytes::from(body)))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();

@@ -60,6 +60,9 @@ enum Command {
         /// Read the request body from stdin instead.
         #[arg(long, conflicts_with_all = ["source", "id"])]
         stdin: bool,
+        /// File with the daemon's ingest token (`ingest.http.token_file`), sent as a bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Daemon's ingest address.
         #[arg(long, default_value = "127.0.0.1:7878")]
         addr: SocketAddr,
@@ -173,10 +176,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{seen}");
             }
         }
-        Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
-            println!("{}: ok\n{config:#?}", file.display());
-        }
+        Command::CheckConfig { file } => match Config::check_file(&file) {
+            Ok(mut config) => {
+                config.upstream.url = edge_relay::redact::url(&config.upstream.url).into_owned();
+                if let Some(mqtt) = &mut config.ingest.mqtt {
+                    mqtt.url = edge_relay::redact::url(&mqtt.url).into_owned();
+                }
+                println!("{}: ok\n{config:#?}", file.display());
+            }
+            Err(problems) => {
+                for problem in problems {
+                    eprintln!("{}: {problem}", file.display());
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        },
         Command::Status { json, addr } => {
             let (code, body) =
                 local_client::request(addr, Method::GET, "/v1/status", vec![]).await?;
@@ -213,8 +227,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             data,
             id,
             stdin,
+            token_file,
             addr,
         } => {
+            let token = token_file
+                .as_deref()
+                .map(edge_relay::config::Secret::from_file)
+                .transpose()?;
             let body = if stdin {
                 let mut buf = Vec::new();
                 std::io::stdin()
@@ -230,8 +249,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 event.to_string().into_bytes()
             };
-            let (code, body) =
-                local_client::request(addr, Method::POST, "/v1/events", body).await?;
+            let (code, body) = local_client::request_with_token(
+                addr,
+                Method::POST,
+                "/v1/events",
+                body,
+                token.as_ref(),
+            )
+            .await?;
             println!("{body}");
             if code != 200 {
                 eprintln!("error: daemon answered HTTP {code}");

@@ -252,3 +252,129 @@ async fn drop_oldest_counts_the_drop_and_the_upstream_records_the_gap() {
     assert_eq!(cursor.acked_seq, Some(stats.next_seq - 1));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_must_be_rfc3339_and_a_bad_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_config(
+        tmp.path(),
+        &format!("http://{}/mcp", dead_upstream()),
+    ))
+    .await;
+    for bad in ["yesterday", "2026-13-45T99:99:99Z", "2026-11-21 05:00"] {
+        let body = json!([
+            {"source": "a", "data": 1, "time": "2026-11-21T05:00:00.015Z"},
+            {"source": "a", "data": 2, "time": bad},
+        ]);
+        let (code, answer) = post(relay.ingest_addr, body.to_string()).await;
+        assert_eq!(code, 400, "{bad}: {answer}");
+        assert_eq!(answer["index"], 1, "{answer}");
+        assert_eq!(answer["field"], "time", "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("RFC 3339"),
+            "{answer}"
+        );
+    }
+    assert_eq!(relay.outbox.stats().next_seq, 1, "nothing stored");
+    let offset = json!({"source": "a", "data": 1, "time": "2026-11-21T07:00:00+02:00"});
+    assert_eq!(post(relay.ingest_addr, offset.to_string()).await.0, 200);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_with_another_payload_gets_409_naming_the_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_config(
+        tmp.path(),
+        &format!("http://{}/mcp", dead_upstream()),
+    ))
+    .await;
+    let id = uuid::Uuid::now_v7();
+    let one = json!({"id": id, "source": "a", "data": 1});
+    let other = json!({"id": id, "source": "a", "data": 2});
+    let (code, answer) = post(
+        relay.ingest_addr,
+        json!([one, {"source": "b", "data": 0}, other]).to_string(),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(
+        (answer["index"].as_u64(), answer["field"].as_str()),
+        (Some(2), Some("id")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("event 0"),
+        "{answer}"
+    );
+    assert_eq!(relay.outbox.stats().next_seq, 1, "nothing stored");
+    // The identical event twice, in one request and again later: one seq throughout.
+    let (code, answer) = post(relay.ingest_addr, json!([one, one]).to_string()).await;
+    assert_eq!(
+        (code, answer["seqs"].clone()),
+        (200, json!([1, 1])),
+        "{answer}"
+    );
+    let (code, answer) = post(relay.ingest_addr, one.to_string()).await;
+    assert_eq!(
+        (code, answer["seqs"].clone()),
+        (200, json!([1])),
+        "{answer}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_stored_exactly_or_refused_and_array_errors_name_the_element() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_config(
+        tmp.path(),
+        &format!("http://{}/mcp", dead_upstream()),
+    ))
+    .await;
+    let good = r#"{"source":"a","data":1}"#;
+    for (body, index, field) in [
+        (
+            format!(r#"[{good},{{"source":"a","data":{{"n":123456789012345678901234567890}}}}]"#),
+            1,
+            Some("data"),
+        ),
+        (
+            format!(r#"[{good},{{"source":"a","data":1.00000000000000000001}}]"#),
+            1,
+            Some("data"),
+        ),
+        (
+            format!(r#"[{good},{good},{{"source":"a","data":[1e-400]}}]"#),
+            2,
+            Some("data"),
+        ),
+        (
+            format!(r#"[{good},{good},{{"source":"a","data":}}]"#),
+            2,
+            None,
+        ),
+    ] {
+        let (code, answer) = post(relay.ingest_addr, body.clone()).await;
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert_eq!(
+            (answer["index"].as_u64(), answer["field"].as_str()),
+            (Some(index), field),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(relay.outbox.stats().next_seq, 1, "nothing stored");
+    let exact = r#"[18446744073709551615,-9223372036854775808,0.1,1.7976931348623157e308,"123456789012345678901234567890"]"#;
+    let (code, answer) = post(
+        relay.ingest_addr,
+        format!(r#"{{"source":"a","data":{exact}}}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    let stored = relay.outbox.batch_after(0, 10, 1 << 20).unwrap();
+    assert_eq!(
+        stored[0].data.to_string(),
+        exact.replace("1.7976931348623157e308", "1.7976931348623157e+308")
+    );
+    relay.stop().await;
+}

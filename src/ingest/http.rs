@@ -4,25 +4,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::admit::{Refusal, admit};
 use super::body::{BodyError, parse_events};
-use crate::config::HttpIngestConfig;
+use super::receive::{BodyBudget, ReceiveError};
+use crate::config::{HttpIngestConfig, Secret};
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
 
 /// How long in-flight requests may run after shutdown starts before their connections close.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-/// Longest a client may take to send a request body.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most `POST /v1/events` bodies read, parsed or committed at once; further posts wait for a
-/// permit. Bounds ingest memory to about this many times `max_body_bytes` (x3 once parsed).
-pub const MAX_CONCURRENT_POSTS: usize = 16;
+
+/// File descriptors the daemon needs besides its ingest connections (sled's files, the upstream
+/// and MQTT sockets, the journal), with room to spare.
+pub const FD_RESERVE: u64 = 256;
 
 /// The local HTTP ingest endpoint. Run it with [`IngestHttp::run`].
 #[derive(Clone)]
@@ -30,39 +31,59 @@ pub struct IngestHttp {
     outbox: Outbox,
     status: Arc<StatusBoard>,
     gateway: Arc<str>,
-    posts: Arc<tokio::sync::Semaphore>,
-    max_body_bytes: usize,
+    token: Option<Arc<Secret>>,
+    budget: BodyBudget,
+    max_connections: usize,
     max_event_bytes: usize,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
 
 impl IngestHttp {
-    /// Builds the endpoint over `outbox`; `status` is the relay's board.
+    /// Builds the endpoint over `outbox`; `status` is the relay's board; `token` (read from
+    /// `ingest.http.token_file`) is then required on `POST /v1/events`.
     pub fn new(
         outbox: Outbox,
         status: Arc<StatusBoard>,
         gateway: &str,
         config: &HttpIngestConfig,
+        token: Option<Secret>,
     ) -> Self {
+        if token.is_none() && !config.listen.ip().is_loopback() {
+            log::warn!(listen:% = config.listen;
+                "ingest listens on {} beyond loopback with no ingest.http.token_file: \
+                 anyone who can reach it can post events", config.listen);
+        }
         Self {
             outbox,
             status,
             gateway: gateway.into(),
-            posts: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS)),
-            max_body_bytes: config.max_body_bytes,
+            token: token.map(Arc::new),
+            budget: BodyBudget::new(config.max_body_bytes),
+            max_connections: config.max_connections,
             max_event_bytes: config.max_event_bytes,
         }
     }
 
-    /// Serves on `listener` until `shutdown`; in-flight requests get [`SHUTDOWN_DRAIN`].
+    /// Serves on `listener` until `shutdown`, at most `ingest.http.max_connections` at once;
+    /// in-flight requests get [`SHUTDOWN_DRAIN`].
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        let max_connections = self.max_connections;
+        warn_if_descriptors_short(max_connections);
         let this = Arc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
             async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
         });
-        crate::http_serve::serve(listener, service, shutdown, SHUTDOWN_DRAIN, "ingest-http").await;
+        crate::http_serve::serve(
+            listener,
+            service,
+            shutdown,
+            SHUTDOWN_DRAIN,
+            max_connections,
+            "ingest-http",
+        )
+        .await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
@@ -100,47 +121,50 @@ impl IngestHttp {
         }
     }
 
+    /// Receives the body without holding any slot, then parses and commits it within the
+    /// parse budget (see [`super::receive`]).
     async fn post_events(&self, req: Request<Incoming>) -> HttpResponse {
-        let Ok(_permit) = self.posts.acquire().await else {
+        if let Err(refusal) = admit(req.headers(), self.token.as_deref()) {
+            let status = match refusal {
+                Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+                Refusal::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            };
+            let mut resp = error_response(status, &refusal.to_string(), None, None);
+            if refusal == Refusal::Unauthorized {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return resp;
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // Held (with its budget) until the commit is answered.
+        let received = match self.budget.receive(req.into_body(), declared).await {
+            Ok(received) => received,
+            Err(e) => {
+                let status = match &e {
+                    ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    ReceiveError::Timeout => StatusCode::REQUEST_TIMEOUT,
+                    ReceiveError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    ReceiveError::Read(_) => StatusCode::BAD_REQUEST,
+                };
+                return error_response(status, &e.to_string(), None, None);
+            }
+        };
+        let Some(_parsing) = self.budget.parse_slot(&received.bytes).await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down", None, None);
         };
-        let limited = Limited::new(req.into_body(), self.max_body_bytes);
-        let body = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
-            Err(_) => {
-                return error_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!("request body not received within {BODY_READ_TIMEOUT:?}"),
-                    None,
-                    None,
-                );
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
-                        "body exceeds {} bytes (ingest.http.max_body_bytes)",
-                        self.max_body_bytes
-                    ),
-                    None,
-                    None,
-                );
-            }
-            Ok(Err(e)) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading body: {e}"),
-                    None,
-                    None,
-                );
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
-        let events = match parse_events(&body, self.max_event_bytes) {
+        let events = match parse_events(&received.bytes, self.max_event_bytes) {
             Ok(events) => events,
             Err(e) => {
                 let status = match &e {
                     e if e.is_oversize() => StatusCode::PAYLOAD_TOO_LARGE,
-                    BodyError::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::TooMany => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::IdConflict { .. } => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let (index, field) = e.location();
@@ -186,6 +210,24 @@ impl IngestHttp {
                 error_response(status, &e.to_string(), None, None)
             }
         }
+    }
+}
+
+/// At the connection cap every further accept would fail with EMFILE instead of waiting.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = max_connections as u64 + FD_RESERVE;
+    if limit.rlim_cur < needed {
+        log::warn!(limit = limit.rlim_cur, needed = needed;
+            "open-file limit {} is below ingest.http.max_connections + {FD_RESERVE}; \
+             raise LimitNOFILE= or lower max_connections", limit.rlim_cur);
     }
 }
 

@@ -31,6 +31,8 @@ pub const MCP_PATH: &str = "/mcp";
 pub const ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// Longest `serve_http` waits, after shutdown, for rmcp's session tasks to drop the store.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections the reference upstream serves at once (one per relay session, plus probes).
+pub const MAX_CONNECTIONS: usize = 1024;
 
 const INGEST_DESCRIPTION: &str = "Store a batch of events of one gateway stream. Arguments: \
 {gateway, stream (uuid), events: [{id, seq, source, kind, time, data}] in strictly increasing \
@@ -191,7 +193,15 @@ pub async fn serve_http_with(
         async move { Ok::<_, Infallible>(route(&mcp, request).await) }
     });
     log::info!(addr:% = addr; "sink: serving MCP on http://{addr}{MCP_PATH}");
-    crate::http_serve::serve(listener, router, shutdown, Duration::ZERO, "sink").await;
+    crate::http_serve::serve(
+        listener,
+        router,
+        shutdown,
+        Duration::ZERO,
+        MAX_CONNECTIONS,
+        "sink",
+    )
+    .await;
 
     holders.close();
     tokio::time::timeout(RELEASE_TIMEOUT, holders.wait())

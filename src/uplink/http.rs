@@ -74,7 +74,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Connector for HttpConnector<C> 
         })
     }
 
+    /// The endpoint with any userinfo masked (it is logged and shown in status).
     fn describe(&self) -> String {
-        self.url.clone()
+        crate::redact::url(&self.url).into_owned()
     }
 }

@@ -63,6 +63,47 @@ pub enum HttpClientError {
     /// A constructor argument is unusable.
     #[error("invalid HTTP client config: {0}")]
     Config(&'static str),
+    /// The server answered an error status; `body` is scrubbed of the bearer token and cut to
+    /// [`crate::redact::MAX_ERROR_TEXT`] bytes; `retry_after` is its `Retry-After` on 429/503.
+    #[error("HTTP {status}: {body}")]
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+}
+
+impl HttpClientError {
+    /// How long the server asked to be left alone (`Retry-After` on a 429 or 503), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// `Retry-After` of a 429 or 503 answer: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+fn retry_after(response: &Response<Incoming>) -> Option<Duration> {
+    if !matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        return None;
+    }
+    parse_retry_after(response.headers().get(header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 impl From<HttpClientError> for StreamableHttpError<HttpClientError> {
@@ -142,7 +183,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> HyperHttpClient<C> {
         body: Full<Bytes>,
     ) -> Result<Response<Incoming>, Error> {
         let request = builder.body(body).map_err(HttpClientError::Http)?;
-        let what = format!("{} {}", request.method(), request.uri());
+        let uri = request.uri().to_string();
+        let what = format!("{} {}", request.method(), crate::redact::url(&uri));
         let after = self.timeouts.response_headers;
         let err = match tokio::time::timeout(after, self.inner.request(request)).await {
             Ok(Ok(response)) => return Ok(response),
@@ -378,10 +420,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
         max: usize,
     ) -> Result<PostResponse, Error> {
         let body = serde_json::to_vec(&msg).map_err(HttpClientError::Json)?;
+        // An upstream may echo request headers in an error body: the token is scrubbed there.
+        let token = auth.clone();
         let builder = request(Method::POST, &uri, sid.as_deref(), auth, headers)?;
         let builder = builder.header(header::CONTENT_TYPE, JSON_MIME_TYPE);
         let response = self.send(builder, Full::from(body)).await?;
-        let (status, what) = (response.status(), format!("POST {uri}"));
+        let (status, what) = (
+            response.status(),
+            format!("POST {}", crate::redact::url(&uri)),
+        );
         check_auth(&response)?;
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Ok(PostResponse::Accepted);
@@ -390,14 +437,21 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
             return Err(Error::SessionExpired);
         }
         if !status.is_success() {
+            let retry_after = retry_after(&response);
             let body = match self.read_body(&what, response, MAX_ERROR_BODY).await {
                 Ok(body) => String::from_utf8_lossy(&body).into_owned(),
-                Err(e @ Error::ResponseBodyTooLarge { .. }) => return Err(e),
+                Err(Error::ResponseBodyTooLarge { max_size }) => {
+                    format!("<error body over {max_size} bytes, not read>")
+                }
                 Err(_) => "<failed to read response body>".to_owned(),
             };
-            return Err(Error::UnexpectedServerResponse(
-                format!("HTTP {status}: {body}").into(),
-            ));
+            let body = crate::redact::error_text(&body, token.as_deref());
+            return Err(HttpClientError::Status {
+                status,
+                retry_after,
+                body,
+            }
+            .into());
         }
         let headers = response.headers();
         let new_session = headers
@@ -425,6 +479,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
             }
             Err(e) => {
                 let preview = String::from_utf8_lossy(&body[..body.len().min(256)]);
+                let preview = crate::redact::error_text(&preview, token.as_deref());
                 let text = format!(
                     "could not parse JSON response as ServerJsonRpcMessage: {e}: {preview}"
                 );

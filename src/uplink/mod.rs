@@ -50,6 +50,15 @@ pub enum UplinkError {
         /// The upstream's message.
         message: String,
     },
+    /// The upstream answered 429 or 503 with `Retry-After`: wait that long (within
+    /// `relay.backoff_max_ms`) before the next attempt.
+    #[error("{message} (upstream asks to retry after {retry_after:?})")]
+    Throttled {
+        /// How long the upstream asked to wait.
+        retry_after: Duration,
+        /// The transport's error.
+        message: String,
+    },
     /// The answer did not match the contract (no or wrong `structuredContent`).
     #[error("malformed answer from {tool}: {reason}")]
     Malformed {
@@ -58,6 +67,31 @@ pub enum UplinkError {
         /// What was wrong.
         reason: String,
     },
+}
+
+impl UplinkError {
+    /// The wait the upstream asked for ([`UplinkError::Throttled`]), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// A transport error's `Retry-After`, when it is our HTTP client's 429/503.
+fn throttled(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    message: &str,
+) -> Option<UplinkError> {
+    let retry_after = match error.downcast_ref::<StreamableHttpError<HttpClientError>>()? {
+        StreamableHttpError::Client(e) => e.retry_after()?,
+        _ => return None,
+    };
+    Some(UplinkError::Throttled {
+        retry_after,
+        message: message.to_owned(),
+    })
 }
 
 /// Tool names and the per-request timeout of one session.
@@ -106,7 +140,10 @@ impl Session {
             .map_err(|e| match e {
                 // The transport's own error, without rmcp's generic type names around it.
                 ClientInitializeError::TransportError { error, context } => {
-                    UplinkError::Connect(format!("{context}: {}", error.error))
+                    let message = format!("connect/initialize failed: {context}: {}", error.error);
+                    throttled(&*error.error, &message).unwrap_or_else(|| {
+                        UplinkError::Connect(format!("{context}: {}", error.error))
+                    })
                 }
                 other => UplinkError::Connect(other.to_string()),
             })?;
@@ -247,7 +284,11 @@ fn service_error(tool: &str, e: ServiceError) -> UplinkError {
         {
             UplinkError::SessionExpired(t.error.to_string())
         }
-        ServiceError::TransportSend(t) => UplinkError::Transport(t.error.to_string()),
+        ServiceError::TransportSend(t) => {
+            let message = format!("transport: {}", t.error);
+            throttled(&*t.error, &message)
+                .unwrap_or_else(|| UplinkError::Transport(t.error.to_string()))
+        }
         other => UplinkError::Transport(other.to_string()),
     }
 }

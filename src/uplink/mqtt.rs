@@ -216,7 +216,11 @@ impl Connector for MqttConnector {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({})", self.url, self.server_name_filter)
+        format!(
+            "{} ({})",
+            crate::redact::url(&self.url),
+            self.server_name_filter
+        )
     }
 }
 

@@ -240,3 +240,16 @@ fn event_limit_header_rules_and_scope_parsing() {
         Err(HttpClientError::Config(_))
     ));
 }
+
+#[test]
+fn retry_after_is_seconds_or_an_http_date() {
+    assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+    assert!(parsed > Duration::from_secs(3590) && parsed <= Duration::from_secs(3600));
+    assert_eq!(
+        parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(parse_retry_after("soon"), None);
+}
