@@ -150,6 +150,15 @@ impl Relay {
             } else {
                 backoff.next_delay(rand::random::<f64>())
             };
+            let asked = match &err {
+                RelayError::Uplink(e) => e.retry_after(),
+                _ => None,
+            };
+            let delay = honour_retry_after(
+                delay,
+                asked,
+                Duration::from_millis(self.config.backoff_max_ms),
+            );
             previous_expired = expired;
             self.status
                 .set_upstream(UpstreamState::Down, Some(format!("{err:#}")));
@@ -265,8 +274,34 @@ impl Relay {
     }
 }
 
+/// The reconnect delay: the backoff's `delay`, or longer when the upstream asked for it
+/// (`Retry-After` on a 429 or 503, RFC 9110 §10.2.3), but never past `max` (`backoff_max_ms`).
+fn honour_retry_after(delay: Duration, asked: Option<Duration>, max: Duration) -> Duration {
+    asked.map_or(delay, |asked| delay.max(asked.min(max)))
+}
+
 /// Resolves `grace` after `shutdown` was cancelled.
 async fn abandon_after(shutdown: &CancellationToken, grace: Duration) {
     shutdown.cancelled().await;
     tokio::time::sleep(grace).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_lengthens_the_delay_within_the_cap() {
+        let (ms, max) = (Duration::from_millis, Duration::from_secs(30));
+        assert_eq!(honour_retry_after(ms(200), None, max), ms(200));
+        assert_eq!(honour_retry_after(ms(200), Some(ms(5_000)), max), ms(5_000));
+        assert_eq!(
+            honour_retry_after(ms(200), Some(Duration::from_secs(3600)), max),
+            max
+        );
+        assert_eq!(
+            honour_retry_after(ms(9_000), Some(ms(1_000)), max),
+            ms(9_000)
+        );
+    }
 }
