@@ -128,6 +128,18 @@ impl NewEvent {
         })
     }
 
+    /// A digest of what the producer submitted (`source`, `kind`, `time` as given, `data`), to
+    /// tell a repeated `id` with the same payload (an idempotent retry) from one with another
+    /// (a conflict). FNV-1a 64 over the JSON of those fields; object keys are sorted by
+    /// serde_json's map, so the digest does not depend on their order in the request.
+    pub fn digest(&self) -> u64 {
+        let bytes = serde_json::to_vec(&(&self.source, &self.kind, &self.time, &self.data))
+            .unwrap_or_default();
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
     /// Turns a validated submission into a committed event at `seq`.
     pub fn commit(self, seq: u64, id: Uuid, now: &str) -> Event {
         Event {

@@ -98,6 +98,17 @@ pub enum OutboxError {
     /// acknowledged. Producers retrying with the same `id` get the original `seq`.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// A producer-supplied `id` was stored before with another payload (HTTP 409); nothing of
+    /// the request was stored.
+    #[error("event {index}: id {id} was accepted before as seq {seq} with a different payload")]
+    IdConflict {
+        /// Position of the event in the request.
+        index: usize,
+        /// The reused id.
+        id: Uuid,
+        /// The seq it was stored under.
+        seq: u64,
+    },
     /// The store holds bytes this version cannot read.
     #[error("corrupt outbox record at seq {seq}: {reason}")]
     Corrupt {
@@ -115,7 +126,11 @@ impl OutboxError {
         match self {
             Self::Storage(e) => crate::durable::is_unopenable(e),
             Self::Corrupt { .. } => true,
-            Self::Full { .. } | Self::DiskFull { .. } | Self::Closed | Self::Reopening(_) => false,
+            Self::Full { .. }
+            | Self::DiskFull { .. }
+            | Self::IdConflict { .. }
+            | Self::Closed
+            | Self::Reopening(_) => false,
         }
     }
 }
@@ -182,6 +197,25 @@ pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
     let mut k = [ID; 17];
     k[1..].copy_from_slice(id.as_bytes());
     k
+}
+
+/// An id index value: the seq, then a digest of the submitted event ([`NewEvent::digest`]) so
+/// that a repeated id with another payload is told apart. Layout-1 entries hold the seq only.
+pub(crate) fn index_value(seq: u64, digest: u64) -> [u8; 16] {
+    let mut v = [0; 16];
+    v[..8].copy_from_slice(&seq.to_be_bytes());
+    v[8..].copy_from_slice(&digest.to_be_bytes());
+    v
+}
+
+/// The seq of an id index value.
+pub(crate) fn index_seq(value: &[u8]) -> Option<u64> {
+    decode_u64(value.get(..8)?)
+}
+
+/// The payload digest of an id index value (`None` for a layout-1 entry).
+pub(crate) fn index_digest(value: &[u8]) -> Option<u64> {
+    decode_u64(value.get(8..16)?)
 }
 
 pub(crate) fn id_by_seq_key(seq: u64) -> [u8; 9] {

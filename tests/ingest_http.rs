@@ -321,6 +321,31 @@ async fn an_id_reused_with_another_payload_gets_409_naming_the_event() {
         (200, json!([1])),
         "{answer}"
     );
+    // Across requests: the stored id with another payload is refused, naming the event; the
+    // same payload with its keys in another order is the same event.
+    let (code, answer) = post(
+        relay.ingest_addr,
+        json!([{"source": "c", "data": 3}, other]).to_string(),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(
+        (answer["index"].as_u64(), answer["field"].as_str()),
+        (Some(1), Some("id")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("as seq 1"),
+        "{answer}"
+    );
+    assert_eq!(relay.outbox.stats().next_seq, 2, "nothing of it stored");
+    let reordered = format!(r#"{{"data": 1, "source": "a", "id": "{id}"}}"#);
+    let (code, answer) = post(relay.ingest_addr, reordered).await;
+    assert_eq!(
+        (code, answer["seqs"].clone()),
+        (200, json!([1])),
+        "{answer}"
+    );
     relay.stop().await;
 }
 

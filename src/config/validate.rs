@@ -66,10 +66,6 @@ impl Config {
             buf.cache_bytes >= 256,
             "buffer.cache_bytes must be at least 256",
         );
-        check(
-            buf.min_free_bytes < buf.max_bytes,
-            "buffer.min_free_bytes must be below buffer.max_bytes",
-        );
         let relay = &self.relay;
         check(
             (1..=10_000).contains(&relay.batch_max_events),

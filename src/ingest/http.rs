@@ -205,9 +205,15 @@ impl IngestHttp {
                     {
                         StatusCode::INSUFFICIENT_STORAGE
                     }
+                    OutboxError::IdConflict { .. } => StatusCode::CONFLICT,
                     _ => StatusCode::SERVICE_UNAVAILABLE,
                 };
-                error_response(status, &e.to_string(), None, None)
+                let index = match &e {
+                    OutboxError::IdConflict { index, .. } => Some(*index),
+                    _ => None,
+                };
+                let field = index.map(|_| "id");
+                error_response(status, &e.to_string(), index, field)
             }
         }
     }

@@ -182,7 +182,7 @@ async fn only_producer_ids_are_indexed_and_they_are_forgotten_after_retention() 
     assert_eq!((stats.backlog_events, stats.backlog_bytes), (0, 0));
     // Within the retention window an id still answers with its seq; before it, it is new.
     let again = outbox
-        .append(vec![ev(0, Some(ids[950]), 10), ev(1, Some(ids[10]), 10)])
+        .append(vec![ev(950, Some(ids[950]), 10), ev(1, Some(ids[10]), 10)])
         .await
         .unwrap();
     assert_eq!(again.assigned, [(951, ids[950]), (1002, ids[10])]);

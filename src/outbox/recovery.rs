@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::chunk::{self, Builder};
-use super::{ID, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key, meta_key};
+use super::{ID, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key, index_seq, meta_key};
 
 /// Layout number written at `m` + `layout`: 2 = chunks ([`chunk`]). Stores without it are of
 /// layout 1 (one `e` + seq key per event, `r` + seq records of retired ids).
@@ -105,7 +105,7 @@ pub(super) fn roll_back(tree: &sled::Tree, next_seq: u64) -> Result<(), OutboxEr
             let (key, id) = item?;
             let seq = decode_u64(&key[1..]);
             if let Ok(id) = Uuid::from_slice(&id) {
-                let indexed = tree.get(id_key(&id))?.and_then(|v| decode_u64(&v));
+                let indexed = tree.get(id_key(&id))?.and_then(|v| index_seq(&v));
                 if indexed == seq {
                     batch.remove(&id_key(&id)[..]);
                 }
@@ -162,7 +162,7 @@ fn migrate_layout_1(tree: &sled::Tree, stats: &mut OutboxStats) -> Result<(), Ou
                 b.push(value);
             }
             if let Some(id) = event_id(value) {
-                let indexed = tree.get(id_key(&id))?.and_then(|v| decode_u64(&v));
+                let indexed = tree.get(id_key(&id))?.and_then(|v| index_seq(&v));
                 if indexed == Some(seq) {
                     batch.insert(&id_by_seq_key(seq)[..], id.as_bytes());
                 }
@@ -180,7 +180,7 @@ fn migrate_layout_1(tree: &sled::Tree, stats: &mut OutboxStats) -> Result<(), Ou
         for id in ids.chunks_exact(16) {
             if let Some(seq) = tree
                 .get([&[ID][..], id].concat())?
-                .and_then(|v| decode_u64(&v))
+                .and_then(|v| index_seq(&v))
             {
                 batch.insert(&id_by_seq_key(seq)[..], id);
             }

@@ -27,6 +27,7 @@ use super::recovery::{event_id, put_counters, roll_back};
 use super::store::{Store, free_bytes};
 use super::{
     Appended, Command, OutboxConfig, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key,
+    index_digest, index_seq, index_value,
 };
 use crate::config::Overflow;
 use crate::event::{NewEvent, now_rfc3339};
@@ -74,10 +75,10 @@ pub struct Writer {
 struct Group {
     /// Closed chunks, then the open one last.
     chunks: Vec<Builder>,
-    /// Producer-supplied ids of the staged events, with their seqs.
-    ids: Vec<(Uuid, u64)>,
+    /// Producer-supplied ids of the staged events, with their seqs and payload digests.
+    ids: Vec<(Uuid, u64, u64)>,
     /// The same, to find a repeat within the group.
-    fresh: HashMap<Uuid, u64>,
+    fresh: HashMap<Uuid, (u64, u64)>,
     /// Staged events and their encoded bytes.
     events: u64,
     bytes: u64,
@@ -350,17 +351,21 @@ impl Writer {
         let now = now_rfc3339();
         let first_seq = self.stats.next_seq + group.events;
         let mut next_seq = first_seq;
-        let mut fresh: HashMap<Uuid, u64> = HashMap::new();
+        let mut fresh: HashMap<Uuid, (u64, u64)> = HashMap::new();
         let mut assigned = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
         let mut needed = 0u64;
-        for new in events {
+        for (index, new) in events.into_iter().enumerate() {
+            let digest = new.digest();
             if let Some(id) = new.id {
                 let known = match fresh.get(&id).or_else(|| group.fresh.get(&id)) {
-                    Some(seq) => Some(*seq),
+                    Some(&(seq, stored)) => Some((seq, Some(stored))),
                     None => self.known_seq(&id)?,
                 };
-                if let Some(seq) = known {
+                if let Some((seq, stored)) = known {
+                    if stored.is_some_and(|stored| stored != digest) {
+                        return Err(OutboxError::IdConflict { index, id, seq });
+                    }
                     assigned.push((seq, id));
                     continue;
                 }
@@ -377,7 +382,7 @@ impl Writer {
             })?;
             needed += value.len() as u64 + 1;
             if supplied {
-                fresh.insert(id, seq);
+                fresh.insert(id, (seq, digest));
             }
             assigned.push((seq, id));
             records.push(value);
@@ -409,34 +414,40 @@ impl Writer {
             group.events += 1;
         }
         group.bytes += needed;
-        group.ids.extend(fresh.iter().map(|(id, seq)| (*id, *seq)));
+        group
+            .ids
+            .extend(fresh.iter().map(|(id, (seq, digest))| (*id, *seq, *digest)));
         group.fresh.extend(fresh);
         Ok(Appended { assigned })
     }
 
-    /// The seq a producer-supplied id was stored under, checked against the events: an entry
-    /// at or past the durable end, or naming a stored event with another id, is stale (a
-    /// crash cut its commit) and means "not stored".
-    fn known_seq(&self, id: &Uuid) -> Result<Option<u64>, OutboxError> {
-        let Some(seq) = self.tree()?.get(id_key(id))?.and_then(|v| decode_u64(&v)) else {
+    /// The seq a producer-supplied id was stored under, and the digest of its payload (when
+    /// the entry has one), checked against the events: an entry at or past the durable end,
+    /// or naming a stored event with another id, is stale (a crash cut its commit) and means
+    /// "not stored".
+    fn known_seq(&self, id: &Uuid) -> Result<Option<(u64, Option<u64>)>, OutboxError> {
+        let Some(value) = self.tree()?.get(id_key(id))? else {
+            return Ok(None);
+        };
+        let (Some(seq), digest) = (index_seq(&value), index_digest(&value)) else {
             return Ok(None);
         };
         if seq >= self.stats.next_seq {
             return Ok(None);
         }
         if seq <= self.stats.acked_seq {
-            return Ok(Some(seq));
+            return Ok(Some((seq, digest)));
         }
         let Some(stored) = chunk::from_seq(self.tree()?, seq).next().transpose()? else {
-            return Ok(Some(seq)); // dropped by drop_oldest: it was accepted once
+            return Ok(Some((seq, digest))); // dropped by drop_oldest: it was accepted once
         };
         let events = stored.events().map_err(|e| OutboxError::Corrupt {
             seq,
             reason: e.to_string(),
         })?;
         Ok(match events.iter().find(|(s, _)| *s == seq) {
-            Some((_, encoded)) => (event_id(encoded) == Some(*id)).then_some(seq),
-            None => Some(seq), // dropped by drop_oldest
+            Some((_, encoded)) => (event_id(encoded) == Some(*id)).then_some((seq, digest)),
+            None => Some((seq, digest)), // dropped by drop_oldest
         })
     }
 
@@ -449,7 +460,7 @@ impl Writer {
         staged.next_seq += group.events;
         staged.backlog_events += group.events;
         let mut ids = group.ids;
-        ids.sort_unstable_by_key(|(_, seq)| *seq);
+        ids.sort_unstable_by_key(|(_, seq, _)| *seq);
         let mut ids = ids.iter().peekable();
         let count = group.chunks.len();
         let mut result = Ok(());
@@ -459,8 +470,8 @@ impl Writer {
             let mut batch = sled::Batch::default();
             chunk::put(&mut batch, open.first_seq, &bytes);
             let end = open.first_seq + u64::from(open.count());
-            while let Some((id, seq)) = ids.next_if(|(_, seq)| *seq < end) {
-                batch.insert(&id_key(id)[..], &seq.to_be_bytes()[..]);
+            while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
+                batch.insert(&id_key(id)[..], &index_value(*seq, *digest)[..]);
                 batch.insert(&id_by_seq_key(*seq)[..], id.as_bytes());
             }
             if n + 1 == count {
@@ -591,7 +602,7 @@ impl Writer {
                 let seq = decode_u64(&key[1..]);
                 if let Ok(id) = Uuid::from_slice(id) {
                     // The id may since have been stored again under a newer seq.
-                    let indexed = self.tree()?.get(id_key(&id))?.and_then(|v| decode_u64(&v));
+                    let indexed = self.tree()?.get(id_key(&id))?.and_then(|v| index_seq(&v));
                     if indexed == seq {
                         batch.remove(&id_key(&id)[..]);
                     }
