@@ -57,6 +57,17 @@ async fn raw(running: Running, dir: &Path) -> (sled::Db, sled::Tree) {
     (db, tree)
 }
 
+/// Commits two events (seqs 1 and 2), stops the outbox and opens its raw tree.
+async fn two_events_then_raw(dir: &Path) -> (sled::Db, sled::Tree) {
+    let running = open(dir, config(100, 1 << 30, Overflow::Reject));
+    running
+        .outbox
+        .append(vec![ev(1, None, 10), ev(2, None, 10)])
+        .await
+        .unwrap();
+    raw(running, dir).await
+}
+
 fn blob_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("blobs")).map_or(0, Iterator::count)
 }
@@ -103,13 +114,7 @@ async fn events_of_any_size_never_make_sled_write_a_blob() {
 #[tokio::test]
 async fn a_group_cut_by_a_crash_is_rolled_back_with_its_ids_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
-    running
-        .outbox
-        .append(vec![ev(1, None, 10), ev(2, None, 10)])
-        .await
-        .unwrap();
-    let (db, tree) = raw(running, dir.path()).await;
+    let (db, tree) = two_events_then_raw(dir.path()).await;
     // The first chunk of an unanswered group: seqs 3 and 4 and their ids, without counters.
     let lost = Uuid::new_v4();
     let mut builder = chunk::Builder::new(3);
@@ -140,13 +145,7 @@ async fn a_group_cut_by_a_crash_is_rolled_back_with_its_ids_at_open() {
 #[tokio::test]
 async fn an_id_entry_naming_another_event_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
-    running
-        .outbox
-        .append(vec![ev(1, None, 10), ev(2, None, 10)])
-        .await
-        .unwrap();
-    let (db, tree) = raw(running, dir.path()).await;
+    let (db, tree) = two_events_then_raw(dir.path()).await;
     // An index entry that survived while its event did not (the failure issue 9 reports):
     // it points at seq 2, which holds another event.
     let stale = Uuid::new_v4();
