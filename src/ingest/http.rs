@@ -230,10 +230,13 @@ fn warn_if_descriptors_short(max_connections: usize) {
         return;
     }
     let needed = max_connections as u64 + FD_RESERVE;
-    if limit.rlim_cur < needed {
-        log::warn!(limit = limit.rlim_cur, needed = needed;
-            "open-file limit {} is below ingest.http.max_connections + {FD_RESERVE}; \
-             raise LimitNOFILE= or lower max_connections", limit.rlim_cur);
+    // `rlim_t` is 32 bits wide on armv7, 64 on x86_64 and aarch64.
+    #[allow(clippy::useless_conversion)]
+    let current = u64::from(limit.rlim_cur);
+    if current < needed {
+        log::warn!(limit = current, needed = needed;
+            "open-file limit {current} is below ingest.http.max_connections + {FD_RESERVE}; \
+             raise LimitNOFILE= or lower max_connections");
     }
 }
 
