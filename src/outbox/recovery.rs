@@ -103,14 +103,7 @@ pub(super) fn roll_back(tree: &sled::Tree, next_seq: u64) -> Result<(), OutboxEr
                 break;
             }
             let (key, id) = item?;
-            let seq = decode_u64(&key[1..]);
-            if let Ok(id) = Uuid::from_slice(&id) {
-                let indexed = tree.get(id_key(&id))?.and_then(|v| index_seq(&v));
-                if indexed == seq {
-                    batch.remove(&id_key(&id)[..]);
-                }
-            }
-            batch.remove(key);
+            forget_id(tree, &mut batch, &key, &id)?;
             keys += 2;
         }
         if keys == 0 {
@@ -124,6 +117,28 @@ pub(super) fn roll_back(tree: &sled::Tree, next_seq: u64) -> Result<(), OutboxEr
         log::warn!(next_seq = next_seq, keys = removed;
             "rolled back the records of a commit that a crash interrupted (never acknowledged)");
     }
+    Ok(())
+}
+
+/// Adds to `batch` the removal of the by-seq index entry `key` (`s` + seq → `id`) and of the
+/// id's own entry when it still names that seq (the id may since have been stored again under
+/// a newer seq).
+///
+/// # Errors
+/// [`OutboxError::Storage`].
+pub(super) fn forget_id(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    key: &[u8],
+    id: &[u8],
+) -> Result<(), OutboxError> {
+    if let Ok(id) = Uuid::from_slice(id) {
+        let indexed = tree.get(id_key(&id))?.and_then(|v| index_seq(&v));
+        if indexed == decode_u64(&key[1..]) {
+            batch.remove(&id_key(&id)[..]);
+        }
+    }
+    batch.remove(key);
     Ok(())
 }
 

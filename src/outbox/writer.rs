@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::chunk::{self, Builder};
-use super::recovery::{event_id, put_counters, roll_back};
+use super::recovery::{event_id, forget_id, put_counters, roll_back};
 use super::store::{Store, free_bytes};
 use super::{
-    Appended, Command, OutboxConfig, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key,
-    index_digest, index_seq, index_value,
+    Appended, Command, OutboxConfig, OutboxError, OutboxStats, id_by_seq_key, id_key, index_digest,
+    index_seq, index_value,
 };
 use crate::config::Overflow;
 use crate::event::{NewEvent, now_rfc3339};
@@ -262,13 +262,23 @@ impl Writer {
         }
     }
 
-    /// What a group is answered while the store is broken: disk full when it is (507).
-    fn refusal(&self, error: &OutboxError) -> OutboxError {
-        match free_bytes(&self.dir) {
-            Ok(free) if free < self.config.min_free_bytes => OutboxError::DiskFull {
+    /// [`OutboxError::DiskFull`] when the data dir's filesystem has less than
+    /// `buffer.min_free_bytes` available (statvfs).
+    fn ensure_free_space(&self) -> Result<(), OutboxError> {
+        let free = free_bytes(&self.dir).map_err(|e| OutboxError::Storage(e.into()))?;
+        if free < self.config.min_free_bytes {
+            return Err(OutboxError::DiskFull {
                 free,
                 min_free: self.config.min_free_bytes,
-            },
+            });
+        }
+        Ok(())
+    }
+
+    /// What a group is answered while the store is broken: disk full when it is (507).
+    fn refusal(&self, error: &OutboxError) -> OutboxError {
+        match self.ensure_free_space() {
+            Err(full @ OutboxError::DiskFull { .. }) => full,
             _ => match self.out_of_space(error.clone()) {
                 full @ OutboxError::DiskFull { .. } => full,
                 other => OutboxError::Reopening(other.to_string()),
@@ -279,13 +289,7 @@ impl Writer {
     /// Drops the failed store (sled releases its lock once every handle is gone; readers hold
     /// theirs only during a read) and opens it again from what is on disk.
     fn reopen(&mut self) -> Result<(), OutboxError> {
-        let free = free_bytes(&self.dir).map_err(|e| OutboxError::Storage(e.into()))?;
-        if free < self.config.min_free_bytes {
-            return Err(OutboxError::DiskFull {
-                free,
-                min_free: self.config.min_free_bytes,
-            });
-        }
+        self.ensure_free_space()?;
         self.store = None;
         *self.shared.write().unwrap_or_else(PoisonError::into_inner) = None;
         let (store, stats) = Store::open(&self.dir, self.config.cache_bytes)?;
@@ -341,13 +345,7 @@ impl Writer {
         events: Vec<NewEvent>,
         group: &mut Group,
     ) -> Result<Appended, OutboxError> {
-        let free = free_bytes(&self.dir).map_err(|e| OutboxError::Storage(e.into()))?;
-        if free < self.config.min_free_bytes {
-            return Err(OutboxError::DiskFull {
-                free,
-                min_free: self.config.min_free_bytes,
-            });
-        }
+        self.ensure_free_space()?;
         let now = now_rfc3339();
         let first_seq = self.stats.next_seq + group.events;
         let mut next_seq = first_seq;
@@ -599,15 +597,7 @@ impl Writer {
         for entries in old.chunks(PRUNE_BATCH) {
             let mut batch = sled::Batch::default();
             for (key, id) in entries {
-                let seq = decode_u64(&key[1..]);
-                if let Ok(id) = Uuid::from_slice(id) {
-                    // The id may since have been stored again under a newer seq.
-                    let indexed = self.tree()?.get(id_key(&id))?.and_then(|v| index_seq(&v));
-                    if indexed == seq {
-                        batch.remove(&id_key(&id)[..]);
-                    }
-                }
-                batch.remove(key);
+                forget_id(self.tree()?, &mut batch, key, id)?;
             }
             self.tree()?.apply_batch(batch)?;
         }
