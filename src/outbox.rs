@@ -3,8 +3,8 @@
 //! Layout: one sled tree, keys prefixed by kind, because a sled `Batch` is atomic only within one
 //! tree and every commit must move events, ids and counters together:
 //! - `c` + first seq (u64 BE) + piece (u16 BE) → a chunk: the events of one group commit in
-//!   their encoded wire form, split into pieces of at most 4 KiB so that sled never writes a
-//!   blob file ([`chunk`]);
+//!   their encoded wire form, split into pieces of at most 1 KiB so that sled never writes a
+//!   blob file and its page cache stays small ([`chunk`]);
 //! - `i` + id (16 bytes) → seq (u64 BE): idempotency, for producer-supplied ids only;
 //! - `s` + seq (u64 BE) → id: the same entries by seq, so that rollback and pruning walk a range;
 //! - `m` + name → meta value (`stream` UUID, `layout`, u64 BE counters).

@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 /// Size of the test filesystem.
 const FS_BYTES: u64 = 24 << 20;
-/// Payload of one test event: large, so the disk fills in a few hundred requests.
+/// Payload of one test event: large, so the disk fills in a few hundred requests (about a
+/// thousand: stored compressed, it takes about half).
 const PAD: usize = 30_000;
 
 /// A tmpfs mounted on a temp dir, unmounted on drop.
@@ -97,8 +98,13 @@ fn fs_free(dir: &Path) -> u64 {
         .unwrap()
 }
 
+/// An event of about [`PAD`] bytes of random hex: the outbox compresses its chunks, and hex
+/// digits keep about half their size, so the disk does fill.
 fn big_event(n: u64) -> Value {
-    json!({"id": Uuid::now_v7(), "source": "fill", "data": {"n": n, "pad": "p".repeat(PAD)}})
+    let pad: String = (0..PAD.div_ceil(32))
+        .map(|_| Uuid::new_v4().simple().to_string())
+        .collect();
+    json!({"id": Uuid::now_v7(), "source": "fill", "data": {"n": n, "pad": &pad[..PAD]}})
 }
 
 /// Posts big events until one is refused; returns what was accepted and the refusal.

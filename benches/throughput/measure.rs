@@ -31,9 +31,10 @@ pub(crate) fn write_bytes(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resets this process's VmHWM to its current RSS (Linux >= 4.0); false if not supported.
-pub(crate) fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+/// Resets the VmHWM of process `pid` (`"self"` for this one) to its current RSS (Linux >= 4.0);
+/// false if not supported or not permitted.
+pub(crate) fn reset_peak_rss(pid: &str) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// Size of a directory tree: file lengths, and allocated blocks as `du` counts them

@@ -120,7 +120,7 @@ impl Drained {
 /// backlog, then stops the upstream.
 pub(crate) async fn drain(relay: &Daemon, upstream: SocketAddr, sink_dir: &Path) -> Drained {
     let events = relay.outbox.stats().backlog_events;
-    let peak_reset = reset_peak_rss();
+    let peak_reset = reset_peak_rss("self");
     let written = write_bytes("self");
     let mut sink = spawn_sink(upstream, sink_dir).await;
     let sink_pid = sink.id().expect("sink pid").to_string();

@@ -278,3 +278,95 @@ async fn a_layout_1_store_is_migrated_at_open() {
         .unwrap();
     assert!(stats_bytes > 0 && stats_bytes != 999);
 }
+
+#[tokio::test]
+async fn chunks_are_stored_compressed_and_read_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
+    let outbox = &running.outbox;
+    let batch: Vec<NewEvent> = (0..200).map(|n| ev(n, None, 150)).collect();
+    outbox.append(batch).await.unwrap();
+    let events = outbox.batch_after(0, 1000, usize::MAX).unwrap();
+    assert_eq!(events.len(), 200);
+    for (n, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, n as u64 + 1);
+        assert_eq!(e.data, json!({ "n": n, "pad": "x".repeat(150) }));
+    }
+    let plain: usize = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap().len() + 1)
+        .sum();
+    let (_db, tree) = raw(running, dir.path()).await;
+    let pieces: Vec<sled::IVec> = tree
+        .scan_prefix([CHUNK])
+        .values()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(pieces[0][0], 2, "the first chunk is in the zstd encoding");
+    let stored: usize = pieces.iter().map(|p| p.len()).sum();
+    assert!(
+        stored * 3 < plain,
+        "{stored} B stored for {plain} B of events"
+    );
+}
+
+#[tokio::test]
+async fn a_layout_2_store_of_plain_chunks_reads_unchanged_and_a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = Uuid::new_v4();
+    let body: Vec<u8> = [1u64, 2]
+        .iter()
+        .map(|&seq| {
+            let event =
+                ev(seq as usize, None, 10).commit(seq, Uuid::new_v4(), "2026-11-21T05:00:00Z");
+            serde_json::to_vec(&event).unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join(&b'\n');
+    {
+        let (db, _) = crate::durable::open(dir.path(), 1 << 20).unwrap();
+        let tree = db.open_tree("outbox").unwrap();
+        tree.insert(meta_key("stream"), stream.as_bytes()).unwrap();
+        for (name, v) in [("layout", 2u64), ("next_seq", 3), ("backlog_events", 2)] {
+            tree.insert(meta_key(name), &v.to_be_bytes()).unwrap();
+        }
+        // A plain chunk, as layout 2 wrote them: version 1, count, body_len, body.
+        let mut plain = vec![1u8];
+        plain.extend_from_slice(&2u32.to_be_bytes());
+        plain.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        plain.extend_from_slice(&body);
+        let mut batch = sled::Batch::default();
+        chunk::put(&mut batch, 1, &plain);
+        tree.apply_batch(batch).unwrap();
+        tree.flush().unwrap();
+    }
+    let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
+    let events = running.outbox.batch_after(0, 10, usize::MAX).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.seq, e.source.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "s1"), (2, "s2")]
+    );
+    let (_db, tree) = raw(running, dir.path()).await;
+    let layout = tree
+        .get(meta_key("layout"))
+        .unwrap()
+        .and_then(|v| decode_u64(&v));
+    assert_eq!(layout, Some(3));
+    tree.insert(meta_key("layout"), &4u64.to_be_bytes())
+        .unwrap();
+    tree.flush().unwrap();
+    drop((_db, tree));
+    let refused = Outbox::open(dir.path(), config(100, 1 << 30, Overflow::Reject))
+        .err()
+        .expect("a layout-4 store is refused");
+    assert!(refused.is_unopenable(), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("layout 4 was written by a newer edge-relay"),
+        "{refused}"
+    );
+}

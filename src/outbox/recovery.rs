@@ -6,9 +6,14 @@ use uuid::Uuid;
 use super::chunk::{self, Builder};
 use super::{ID, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key, index_seq, meta_key};
 
-/// Layout number written at `m` + `layout`: 2 = chunks ([`chunk`]). Stores without it are of
-/// layout 1 (one `e` + seq key per event, `r` + seq records of retired ids).
-const LAYOUT: u64 = 2;
+/// Layout number written at `m` + `layout`: 3 = chunks, plain or zstd ([`chunk`]); 2 = plain
+/// chunks only (read as they are; the number is raised at open); stores without it are of
+/// layout 1 (one `e` + seq key per event, `r` + seq records of retired ids). A higher number is
+/// a store written by a newer build: it is refused ([`OutboxError::Corrupt`], so moved aside
+/// and kept) rather than misread.
+const LAYOUT: u64 = 3;
+/// The first layout of chunks.
+const LAYOUT_CHUNKS: u64 = 2;
 /// Layout 1's event records: `e` + seq (u64 BE) → event JSON.
 const LEGACY_EVENT: u8 = b'e';
 /// Layout 1's retired-id records: `r` + seq (u64 BE) → ids (16 bytes each).
@@ -43,8 +48,22 @@ pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError
         sent_seq: 0,
     };
     stats.sent_seq = get("sent_seq")?.unwrap_or(stats.next_seq.saturating_sub(1));
-    if get("layout")?.unwrap_or(1) < LAYOUT {
-        migrate_layout_1(tree, &mut stats)?;
+    match get("layout")?.unwrap_or(1) {
+        LAYOUT => {}
+        newer if newer > LAYOUT => {
+            return Err(OutboxError::Corrupt {
+                seq: 0,
+                reason: format!(
+                    "store layout {newer} was written by a newer edge-relay (this one reads \
+                     layouts up to {LAYOUT})"
+                ),
+            });
+        }
+        LAYOUT_CHUNKS => {
+            tree.insert(meta_key("layout"), LAYOUT.to_be_bytes().to_vec())?;
+            tree.flush()?;
+        }
+        _ => migrate_layout_1(tree, &mut stats)?,
     }
     roll_back(tree, stats.next_seq)?;
     Ok(stats)

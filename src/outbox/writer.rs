@@ -463,10 +463,9 @@ impl Writer {
         let count = group.chunks.len();
         let mut result = Ok(());
         for (n, open) in group.chunks.iter().enumerate() {
-            let bytes = open.encode();
-            staged.backlog_bytes += chunk::stored_bytes(bytes.len());
+            staged.backlog_bytes += open.stored_bytes();
             let mut batch = sled::Batch::default();
-            chunk::put(&mut batch, open.first_seq, &bytes);
+            chunk::put(&mut batch, open.first_seq, &open.encode());
             let end = open.first_seq + u64::from(open.count());
             while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
                 batch.insert(&id_key(id)[..], &index_value(*seq, *digest)[..]);

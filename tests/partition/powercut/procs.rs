@@ -67,7 +67,7 @@ pub(super) fn producer(
                 .map(|i| {
                     let bytes = event_size(&mut rng);
                     // A JSON string of bytes - 2 ASCII characters encodes to `bytes`.
-                    let data = format!("{:010}", n + i) + &"x".repeat(bytes - 12);
+                    let data = format!("{:010}", n + i) + &hex(&mut rng, bytes - 12);
                     json!({"id": Uuid::now_v7(), "source": "powercut", "kind": "sensor", "data": data})
                 })
                 .collect();
@@ -93,6 +93,14 @@ pub(super) fn producer(
 
 /// An event's encoded `data` size: 20% 100 B-1 KiB, 20% 1-10 KiB, 50% 10 KiB to just under the
 /// limit, 10% exactly `max_event_bytes` (64 KiB): large events are where sled writes blobs.
+/// `len` random hex digits: they compress only about 2x, so a large event still takes many
+/// outbox pieces, as real binary-ish payloads (base64 images, encrypted blobs) do.
+fn hex(rng: &mut StdRng, len: usize) -> String {
+    (0..len)
+        .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+        .collect()
+}
+
 pub(super) fn event_size(rng: &mut StdRng) -> usize {
     match rng.random_range(0..10) {
         0 | 1 => rng.random_range(100..1024),
