@@ -522,6 +522,23 @@ async fn main() {
         "≤ +10%",
         (args.cycles > 1).then_some(growth <= 0.10),
     );
+    let peak1 = cycles[0].disk_filled.worst();
+    let worst_after = cycles
+        .iter()
+        .map(|c| c.disk_drained.worst())
+        .max()
+        .unwrap_or(0);
+    goals.add(
+        "  ... largest after any drain vs cycle 1 filled",
+        format!("{:+.1}%", (worst_after as f64 / peak1 as f64 - 1.0) * 100.0),
+        &format!(
+            "({:.1} vs {:.1} MiB: sled reuses freed space, it truncates its files only sometimes)",
+            mib(worst_after),
+            mib(peak1)
+        ),
+        "",
+        None,
+    );
     let ingest_per = per(ndjson.written, ndjson.events);
     let drain_per = per(cycles.iter().map(|c| c.drained.written).sum(), delivered);
     let close_per = per(close_written, delivered);
