@@ -12,7 +12,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ErrorData, ServerJsonRpcMessage};
 use rmcp::transport::common::http_header::{
     EVENT_STREAM_MIME_TYPE, HEADER_LAST_EVENT_ID, HEADER_SESSION_ID, JSON_MIME_TYPE,
 };
@@ -389,9 +389,45 @@ fn sse_or_json(response: &Response<Incoming>) -> Result<bool, Error> {
     }
 }
 
-// rmcp's `legacy_discover_response` is not reproduced: it turns a legacy server's 4xx to a
-// `server/discover` probe (ClientLifecycleMode::Discover/Auto) into a JSON-RPC error so the
-// lifecycle can fall back. The uplink uses the `initialize` lifecycle (`ServiceExt::serve`).
+/// The JSON-RPC answer a 4xx carries, for rmcp's lifecycle and the relay to act on.
+///
+/// MCP 2026-07-28 (Basic/Transports, Streamable HTTP) sends JSON-RPC errors with 4xx statuses
+/// (-32020 header mismatch, -32021 missing capability, -32022 unsupported protocol version,
+/// with `data.supported`). A POST carries one request, so the error answers it: its `id` is
+/// set to the request's (servers and middleware may send none or a placeholder). A 4xx to
+/// `server/discover` without such a body comes from a legacy server or middleware and becomes
+/// an `invalid_request` error, so rmcp's `Auto` lifecycle falls back to `initialize` (as
+/// rmcp's own `legacy_discover_response`, which is crate-private). 401/403 (authorization) and
+/// 429 (throttling, see [`HttpClientError::retry_after`]) keep their status; so do 5xx and
+/// answers to notifications, which nothing waits on.
+fn error_answer(
+    msg: &ClientJsonRpcMessage,
+    session_attached: bool,
+    status: StatusCode,
+    body: &str,
+) -> Option<ServerJsonRpcMessage> {
+    let ClientJsonRpcMessage::Request(request) = msg else {
+        return None;
+    };
+    if !status.is_client_error()
+        || matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+        )
+    {
+        return None;
+    }
+    let error = match serde_json::from_str::<ServerJsonRpcMessage>(body) {
+        Ok(ServerJsonRpcMessage::Error(error)) => error.error,
+        _ if !session_attached && matches!(request.request, ClientRequest::DiscoverRequest(_)) => {
+            let text = format!("server/discover rejected with HTTP {status}: {body}");
+            ErrorData::invalid_request(text, None)
+        }
+        _ => return None,
+    };
+    Some(ServerJsonRpcMessage::error(error, Some(request.id.clone())))
+}
+
 impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperHttpClient<C> {
     type Error = HttpClientError;
 
@@ -409,7 +445,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
     }
 
     /// POSTs one message; 202/204 are `Accepted`, 404 with a session is `SessionExpired`
-    /// (MCP 2025-06-18, Basic/Transports, Streamable HTTP, §Session Management).
+    /// (MCP 2025-11-25, Basic/Transports, Streamable HTTP, §Session Management); a 4xx with a
+    /// JSON-RPC error body is that answer ([`error_answer`], MCP 2026-07-28).
     async fn post_message_with_max_sse_event_size(
         &self,
         uri: Arc<str>,
@@ -433,9 +470,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Ok(PostResponse::Accepted);
         }
+        // Only a legacy session can expire; without one (MCP 2026-07-28) a 404 is an answer.
         if status == StatusCode::NOT_FOUND && sid.is_some() {
             return Err(Error::SessionExpired);
         }
+        let new_session = response
+            .headers()
+            .get(HEADER_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         if !status.is_success() {
             let retry_after = retry_after(&response);
             let body = match self.read_body(&what, response, MAX_ERROR_BODY).await {
@@ -446,6 +489,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
                 Err(_) => "<failed to read response body>".to_owned(),
             };
             let body = crate::redact::error_text(&body, token.as_deref());
+            if let Some(answer) = error_answer(&msg, sid.is_some(), status, &body) {
+                return Ok(PostResponse::Json(answer, new_session));
+            }
             return Err(HttpClientError::Status {
                 status,
                 retry_after,
@@ -454,10 +500,6 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
             .into());
         }
         let headers = response.headers();
-        let new_session = headers
-            .get(HEADER_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
         let is_request = matches!(msg, ClientJsonRpcMessage::Request(_));
         if !is_request
             && headers
