@@ -204,10 +204,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 let r: StatusReport = serde_json::from_str(&body).context("parsing /v1/status")?;
                 println!(
-                    "gateway {} stream {}\nupstream {}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
+                    "gateway {} stream {}\nupstream {}{}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
                     r.gateway,
                     r.stream,
                     r.upstream,
+                    r.protocol_version
+                        .map(|v| format!(", MCP {v}"))
+                        .unwrap_or_default(),
                     r.last_error
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default(),

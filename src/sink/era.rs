@@ -54,8 +54,16 @@ mod tests {
     fn versions_split_at_the_initialize_handshake() {
         assert!(Eras::Legacy.versions().iter().all(|v| v.has_initialize()));
         assert!(Eras::Current.versions().iter().all(|v| !v.has_initialize()));
-        assert!(Eras::Current.versions().contains(&ProtocolVersion::V_2026_07_28));
-        assert!(Eras::Legacy.versions().contains(&ProtocolVersion::V_2025_11_25));
+        assert!(
+            Eras::Current
+                .versions()
+                .contains(&ProtocolVersion::V_2026_07_28)
+        );
+        assert!(
+            Eras::Legacy
+                .versions()
+                .contains(&ProtocolVersion::V_2025_11_25)
+        );
         let both = Eras::Legacy.versions().len() + Eras::Current.versions().len();
         assert_eq!(Eras::Both.versions().len(), both);
     }

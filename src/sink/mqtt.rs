@@ -164,7 +164,8 @@ async fn serve_once(
         if topic == control {
             if let Some(cid) = sender_id(&publish) {
                 let client =
-                    open_session(&link, &server_id, name, &cid, service, &sessions, shutdown).await?;
+                    open_session(&link, &server_id, name, &cid, service, &sessions, shutdown)
+                        .await?;
                 if client.inbox.deliver(&publish.payload).await {
                     clients.insert(cid, client);
                 }
