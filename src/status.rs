@@ -41,6 +41,7 @@ pub struct StatusBoard {
     reconnects: AtomicU64,
     sessions_expired: AtomicU64,
     stores_moved_aside: Mutex<Vec<String>>,
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 /// `GET /v1/status` body.
@@ -99,6 +100,13 @@ impl StatusBoard {
         if error.is_some() || state == UpstreamState::Connected {
             guard.1 = error;
         }
+        drop(guard);
+        self.changed.send_replace(());
+    }
+
+    /// A receiver told of every uplink state change (for tests and waiters; no history).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Counts one acknowledged batch of `events` events.

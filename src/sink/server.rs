@@ -239,7 +239,9 @@ pub async fn serve_http_options(
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown.child_token())
         .with_allowed_hosts(allowed_hosts(addr))
-        .with_legacy_session_mode(options.eras.serves_legacy());
+        .with_legacy_session_mode(options.eras.serves_legacy())
+        // Current only: a request with no protocol version is not served as 2025-03-26.
+        .with_stateless_protocol_metadata_required(options.eras == Eras::Current);
     config.sse_keep_alive = options.sse_keep_alive;
     let mcp = StreamableHttpService::new(
         move || Ok(prototype.clone()),

@@ -109,7 +109,7 @@ impl MqttConnector {
         .await
         .map_err(connect)?;
         log::info!(server_id = server.id.as_str(), server_name = server.name.as_str(), client_id = client_id.as_str();
-            "MCP over MQTT: initializing with a discovered server");
+            "MCP over MQTT: starting a session with a discovered server");
         let closed = CancellationToken::new();
         let (transport, inbox) = MqttTransport::<RoleClient>::new(
             link.publisher(),
