@@ -198,8 +198,7 @@ async fn a_4xx_json_rpc_error_body_is_the_answer_and_a_sessionless_404_is_not_ex
     let other = format!("http://{}/other", sink.addr);
     let err = post_tools_list(&client, &other, "2026-07-28")
         .await
-        .err()
-        .expect("404");
+        .expect_err("404");
     assert!(matches!(err, StreamableHttpError::Client(_)), "{err:?}");
     assert!(err.to_string().contains("HTTP 404"), "{err}");
     sink.stop().await;

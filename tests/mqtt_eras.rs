@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use edge_relay::audit::audit;
 use edge_relay::mosquitto::Mosquitto;
-use edge_relay::mqtt::link::{Link, LinkOptions};
+use edge_relay::mqtt::link::Link;
 use edge_relay::mqtt::topics;
 use edge_relay::sink::{Eras, SinkStore};
 use serde_json::Value;
@@ -56,26 +56,6 @@ async fn relay_over_mqtt_speaks_the_current_era_to_a_current_only_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_over_mqtt_falls_back_to_initialize_for_a_legacy_only_upstream() {
     assert_eq!(relay_over_mqtt(Eras::Legacy).await, "2025-11-25");
-}
-
-/// A plain MQTT client subscribed to every MCP client's presence topic.
-async fn bystander(broker: &str) -> Link {
-    let options = LinkOptions {
-        url: broker.to_owned(),
-        client_id: "bystander".into(),
-        component: None,
-        meta: None,
-        will: None,
-        password: None,
-        manual_acks: false,
-        persistent_session: None,
-    };
-    let link = Link::connect(options, GOODBYE_BOUND).await.unwrap();
-    let filter = topics::client_presence("+");
-    link.subscribe(&[filter], false, GOODBYE_BOUND)
-        .await
-        .unwrap();
-    link
 }
 
 /// Relay client ids (`edge-relay-…`, not the sink's) the broker's log saw connect.
@@ -129,7 +109,8 @@ async fn every_probe_and_a_graceful_stop_say_goodbye_over_mqtt() {
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     let log = tmp.path().join("broker/mosquitto.log");
     let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
-    let mut bystander = bystander(&broker.url()).await;
+    let presence = topics::client_presence("+");
+    let mut bystander = support::mosquitto::bystander(&broker.url(), &[&presence]).await;
     let keys = format!(
         "transport = \"mqtt\"\nurl = \"{}\"\nserver_name = \"{SERVER_NAME}\"",
         broker.url()

@@ -233,8 +233,8 @@ async fn settle(
 }
 
 /// The reference upstream as its own process (`edge-relay sink`), `kill -9`ed while the relay
-/// delivers to it and restarted on its store; the relay runs in the test process.
-/// The sink serves both eras (its default), so the relay speaks the current one.
+/// delivers to it and restarted on its store; the relay runs in the test process. The sink
+/// serves both eras (its default), so the relay speaks the current one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_upstream() {
     family(
