@@ -12,7 +12,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ErrorData, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::common::http_header::{
     EVENT_STREAM_MIME_TYPE, HEADER_LAST_EVENT_ID, HEADER_SESSION_ID, JSON_MIME_TYPE,
 };
@@ -21,6 +21,8 @@ use rmcp::transport::streamable_http_client::{
     StreamableHttpPostResponse as PostResponse,
 };
 use sse_stream::{Error as SseError, Sse, SseStream};
+
+use answers::{error_answer, retry_after};
 
 /// Default bound on establishing one TCP connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,29 +83,6 @@ impl HttpClientError {
             _ => None,
         }
     }
-}
-
-/// `Retry-After` of a 429 or 503 answer: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-fn retry_after(response: &Response<Incoming>) -> Option<Duration> {
-    if !matches!(
-        response.status(),
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        return None;
-    }
-    parse_retry_after(response.headers().get(header::RETRY_AFTER)?.to_str().ok()?)
-}
-
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
 }
 
 impl From<HttpClientError> for StreamableHttpError<HttpClientError> {
@@ -389,45 +368,6 @@ fn sse_or_json(response: &Response<Incoming>) -> Result<bool, Error> {
     }
 }
 
-/// The JSON-RPC answer a 4xx carries, for rmcp's lifecycle and the relay to act on.
-///
-/// MCP 2026-07-28 (Basic/Transports, Streamable HTTP) sends JSON-RPC errors with 4xx statuses
-/// (-32020 header mismatch, -32021 missing capability, -32022 unsupported protocol version,
-/// with `data.supported`). A POST carries one request, so the error answers it: its `id` is
-/// set to the request's (servers and middleware may send none or a placeholder). A 4xx to
-/// `server/discover` without such a body comes from a legacy server or middleware and becomes
-/// an `invalid_request` error, so rmcp's `Auto` lifecycle falls back to `initialize` (as
-/// rmcp's own `legacy_discover_response`, which is crate-private). 401/403 (authorization) and
-/// 429 (throttling, see [`HttpClientError::retry_after`]) keep their status; so do 5xx and
-/// answers to notifications, which nothing waits on.
-fn error_answer(
-    msg: &ClientJsonRpcMessage,
-    session_attached: bool,
-    status: StatusCode,
-    body: &str,
-) -> Option<ServerJsonRpcMessage> {
-    let ClientJsonRpcMessage::Request(request) = msg else {
-        return None;
-    };
-    if !status.is_client_error()
-        || matches!(
-            status,
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
-        )
-    {
-        return None;
-    }
-    let error = match serde_json::from_str::<ServerJsonRpcMessage>(body) {
-        Ok(ServerJsonRpcMessage::Error(error)) => error.error,
-        _ if !session_attached && matches!(request.request, ClientRequest::DiscoverRequest(_)) => {
-            let text = format!("server/discover rejected with HTTP {status}: {body}");
-            ErrorData::invalid_request(text, None)
-        }
-        _ => return None,
-    };
-    Some(ServerJsonRpcMessage::error(error, Some(request.id.clone())))
-}
-
 impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperHttpClient<C> {
     type Error = HttpClientError;
 
@@ -599,5 +539,6 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
     }
 }
 
+mod answers;
 #[cfg(test)]
 mod tests;
