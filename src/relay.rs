@@ -198,8 +198,8 @@ impl Relay {
     }
 
     /// After a refused tool call: lists the server's tools (once per distinct refusal, see
-    /// [`DiagnosisCache`]) and, when they lack the contract, says so at ERROR and returns
-    /// [`RelayError::LacksContract`], which `status` and `STATUS=` then show.
+    /// [`DiagnosisCache`]) and, when they lack the contract, says so at ERROR (once per
+    /// listing) and returns [`RelayError::LacksContract`], which `status` and `STATUS=` show.
     async fn diagnose(
         &self,
         session: &Session,
@@ -207,10 +207,10 @@ impl Relay {
         cache: &mut DiagnosisCache,
     ) -> RelayError {
         let text = refusal.to_string();
-        let summary = match cache.take() {
-            Some((seen, summary)) if seen == text => summary,
+        let (summary, fresh) = match cache.take() {
+            Some((seen, summary)) if seen == text => (summary, false),
             _ => match Diagnosis::of_session(session, &self.session).await {
-                Ok(diagnosis) => diagnosis.summary(),
+                Ok(diagnosis) => (diagnosis.summary(), true),
                 Err(e) => {
                     log::warn!(gateway = self.gateway.as_str(), error:% = e;
                         "listing the upstream's tools after a refused call failed");
@@ -222,8 +222,11 @@ impl Relay {
         let Some(summary) = summary else {
             return RelayError::Uplink(refusal);
         };
-        log::error!(gateway = self.gateway.as_str(), upstream = self.connector.describe().as_str(),
-            error:% = refusal; "{summary}; the upstream refused: {refusal}");
+        // Once per diagnosis; the retries that follow carry it in their own WARN record.
+        if fresh {
+            log::error!(gateway = self.gateway.as_str(), upstream = self.connector.describe().as_str(),
+                error:% = refusal; "{summary}; the upstream refused: {refusal}");
+        }
         RelayError::LacksContract { summary, refusal }
     }
 
