@@ -18,11 +18,11 @@
 //! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
-//! - [`uplink`]: rmcp client session, Streamable HTTP transport over hyper.
+//! - [`uplink`]: rmcp client session in either MCP era, Streamable HTTP over hyper, MQTT.
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
-//! - [`probe`]: `edge-relay probe`, the contract check of an upstream.
+//! - [`probe`]: `edge-relay probe`, the era and contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`heartbeat`]: progress heartbeats of the relay and writer loops, the watchdog's verdict.
 //! - [`systemd`]: sd_notify `READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`.
@@ -171,11 +171,7 @@ pub async fn start_watched(
         }
         None => None,
     };
-    let session = SessionConfig {
-        ingest_tool: config.upstream.ingest_tool.clone(),
-        cursor_tool: config.upstream.cursor_tool.clone(),
-        request_timeout: config.relay.request_timeout(),
-    };
+    let session = SessionConfig::from_config(&config);
     let relay = Relay::new(
         outbox.clone(),
         status.clone(),

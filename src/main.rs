@@ -104,6 +104,10 @@ enum Command {
         /// server-name announced over MQTT.
         #[arg(long, default_value = "edge/ingest", requires = "mqtt")]
         server_name: String,
+        /// MCP revisions served: both eras, only the current one (2026-07-28: server/discover,
+        /// no sessions), or only the legacy initialize revisions (up to 2025-11-25).
+        #[arg(long, value_enum, default_value_t = sink::Eras::Both)]
+        eras: sink::Eras,
     },
     /// End-to-end demo on the Daphnet recording, with upstream outages and a relay restart.
     Demo(demo::DemoOptions),
@@ -200,10 +204,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 let r: StatusReport = serde_json::from_str(&body).context("parsing /v1/status")?;
                 println!(
-                    "gateway {} stream {}\nupstream {}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
+                    "gateway {} stream {}\nupstream {}{}{}\nbacklog {} events, {} bytes\nnext_seq {} acked_seq {} dropped {}\ndelivered {} events in {} batches, {} sessions",
                     r.gateway,
                     r.stream,
                     r.upstream,
+                    r.protocol_version
+                        .map(|v| format!(", MCP {v}"))
+                        .unwrap_or_default(),
                     r.last_error
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default(),
@@ -268,6 +275,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             mqtt,
             server_name,
+            eras,
         } => {
             let token = shutdown::on_signals()?;
             let mqtt = mqtt.map(|url| sink::mqtt::MqttServe {
@@ -276,7 +284,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 password: None,
                 reconnect_max: sink::mqtt::BACKOFF.1,
             });
-            sink::run(listen, &data_dir, mqtt, token).await?;
+            sink::run(listen, &data_dir, mqtt, eras, token).await?;
         }
         Command::Demo(options) => return demo::run(options).await,
     }

@@ -1,29 +1,17 @@
-//! `edge-relay probe`: initialize against the configured upstream, list its tools, check them
-//! against the contract (DESIGN §2), and read this gateway's cursor.
+//! `edge-relay probe`: start a session with the configured upstream (current era preferred),
+//! report the era and protocol version, whether the server also serves the other era, check
+//! its tools against the contract (DESIGN §2) and read this gateway's cursor.
 
 use std::fmt::Write as _;
 
 use anyhow::Context;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::contract::CursorArgs;
-use crate::uplink::SessionConfig;
-
-/// Arguments each tool's input schema must declare (DESIGN §2).
-pub const INGEST_ARGS: [&str; 3] = ["gateway", "stream", "events"];
-/// Arguments of the cursor tool.
-pub const CURSOR_ARGS: [&str; 2] = ["gateway", "stream"];
-
-/// Names in `want` missing from a JSON schema's `properties`.
-pub fn missing_properties(schema: &serde_json::Map<String, Value>, want: &[&str]) -> Vec<String> {
-    let props = schema.get("properties").and_then(Value::as_object);
-    want.iter()
-        .filter(|name| props.is_none_or(|p| !p.contains_key(**name)))
-        .map(|name| (*name).to_owned())
-        .collect()
-}
+use crate::relay::Connector;
+use crate::uplink::diagnose::Diagnosis;
+use crate::uplink::{EraChoice, SessionConfig};
 
 /// Runs the probe; returns the report text. `stream` is this gateway's stream, when known.
 ///
@@ -32,92 +20,83 @@ pub fn missing_properties(schema: &serde_json::Map<String, Value>, want: &[&str]
 /// problem found).
 pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<String> {
     let connector = crate::build_connector(config)?;
-    let session_config = SessionConfig {
-        ingest_tool: config.upstream.ingest_tool.clone(),
-        cursor_tool: config.upstream.cursor_tool.clone(),
-        request_timeout: config.relay.request_timeout(),
-    };
+    let session_config = SessionConfig::from_config(config);
     let mut out = String::new();
     let session = connector
-        .connect(session_config)
+        .connect(session_config.clone())
         .await
         .with_context(|| format!("connecting to {}", connector.describe()))?;
-    let (version, server) = session.negotiated();
+    let negotiated = session.negotiated();
     let _ = writeln!(
         out,
-        "upstream: {}\nserver: {server}\nprotocol version: {version}",
-        connector.describe()
+        "upstream: {}\nserver: {}\nera: {}\nprotocol version: {}",
+        connector.describe(),
+        negotiated.server,
+        negotiated.era(),
+        negotiated.version
     );
-    let tools = session.list_tools().await?;
-    let mut problems = Vec::new();
-    for (name, want) in [
-        (&config.upstream.ingest_tool, &INGEST_ARGS[..]),
-        (&config.upstream.cursor_tool, &CURSOR_ARGS[..]),
-    ] {
-        match tools.iter().find(|t| t.name == name.as_str()) {
-            None => problems.push(format!("tool {name:?} is missing")),
-            Some(tool) => {
-                let missing = missing_properties(&tool.input_schema, want);
-                if missing.is_empty() {
-                    let _ = writeln!(out, "tool {name}: ok");
-                } else {
-                    problems.push(format!(
-                        "tool {name:?} input schema lacks {}",
-                        missing.join(", ")
-                    ));
-                }
-                if let Some(output) = &tool.output_schema
-                    && !missing_properties(output, &["acked_seq"]).is_empty()
-                {
-                    problems.push(format!("tool {name:?} output schema lacks acked_seq"));
-                }
-            }
+    let diagnosis = Diagnosis::of_session(&session, &session_config).await;
+    let cursor = match (&diagnosis, stream) {
+        (Ok(d), Some(stream)) if d.problems.is_empty() => {
+            let args = CursorArgs {
+                gateway: config.gateway_id.clone(),
+                stream,
+            };
+            Some(session.cursor(&args).await.map(|ack| (stream, ack)))
         }
-    }
-    let others: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    let _ = writeln!(out, "tools offered: {}", others.join(", "));
-    if problems.is_empty() {
-        match stream {
-            Some(stream) => {
-                let ack = session
-                    .cursor(&CursorArgs {
-                        gateway: config.gateway_id.clone(),
-                        stream,
-                    })
-                    .await?;
-                let _ = writeln!(
-                    out,
-                    "cursor of gateway {} stream {stream}: acked_seq={} acked_id={}",
-                    config.gateway_id,
-                    ack.acked_seq.map_or("null".into(), |s| s.to_string()),
-                    ack.acked_id.map_or("null".into(), |s| s.to_string())
-                );
-            }
-            None => {
-                let _ = writeln!(out, "cursor: no outbox stream yet (start the daemon once)");
-            }
-        }
-    }
+        _ => None,
+    };
     session.close().await;
-    if problems.is_empty() {
+    let other = other_era(&*connector, &session_config, negotiated.current_era).await;
+    let _ = writeln!(out, "{other}");
+    let diagnosis = diagnosis?;
+    for name in &diagnosis.ok {
+        let _ = writeln!(out, "tool {name}: ok");
+    }
+    let _ = writeln!(out, "tools offered: {}", diagnosis.offered.join(", "));
+    match cursor {
+        Some(cursor) => {
+            let (stream, ack) = cursor?;
+            let _ = writeln!(
+                out,
+                "cursor of gateway {} stream {stream}: acked_seq={} acked_id={}",
+                config.gateway_id,
+                ack.acked_seq.map_or("null".into(), |s| s.to_string()),
+                ack.acked_id.map_or("null".into(), |s| s.to_string())
+            );
+        }
+        None if diagnosis.problems.is_empty() => {
+            let _ = writeln!(out, "cursor: no outbox stream yet (start the daemon once)");
+        }
+        None => {}
+    }
+    if diagnosis.problems.is_empty() {
         out.push_str("contract: ok\n");
         Ok(out)
     } else {
-        anyhow::bail!("{out}contract NOT met:\n  - {}", problems.join("\n  - "))
+        let problems = diagnosis.problems.join("\n  - ");
+        anyhow::bail!("{out}contract NOT met:\n  - {problems}")
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn finds_missing_schema_properties() {
-        let schema = json!({"type":"object","properties":{"gateway":{},"stream":{}}});
-        let schema = schema.as_object().unwrap();
-        assert!(missing_properties(schema, &CURSOR_ARGS).is_empty());
-        assert_eq!(missing_properties(schema, &INGEST_ARGS), ["events"]);
-        assert_eq!(missing_properties(&serde_json::Map::new(), &["a"]), ["a"]);
+/// Whether the server also serves the era not negotiated: a second session start forced to
+/// it, closed at once. One line: `also serves legacy: yes (2025-11-25)` or `... no (why)`.
+async fn other_era(connector: &dyn Connector, config: &SessionConfig, current: bool) -> String {
+    let (era, name) = if current {
+        (EraChoice::Legacy, "legacy (initialize)")
+    } else {
+        (EraChoice::Current, "current (server/discover)")
+    };
+    let forced = SessionConfig {
+        era,
+        ..config.clone()
+    };
+    match connector.connect(forced).await {
+        Ok(session) => {
+            let version = session.negotiated().version;
+            session.close().await;
+            format!("also serves {name}: yes ({version})")
+        }
+        Err(e) => format!("also serves {name}: no ({e})"),
     }
 }

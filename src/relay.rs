@@ -20,6 +20,7 @@ use crate::contract::{CursorArgs, IngestArgs};
 use crate::heartbeat::Heartbeat;
 use crate::outbox::{Delivery, Outbox, OutboxError};
 use crate::status::{StatusBoard, UpstreamState};
+use crate::uplink::diagnose::Diagnosis;
 use crate::uplink::{CLOSE_TIMEOUT, Session, SessionConfig, UplinkError};
 use backoff::Backoff;
 
@@ -29,10 +30,11 @@ use backoff::Backoff;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest one turn of the loop waits on the network by its own timeouts: an MQTT connect is
-/// up to five exchanges of `request_timeout` (connect, two subscribes, discovery, initialize),
-/// plus closing the previous session. The watchdog allows a silent relay this long.
+/// up to five exchanges of `request_timeout` (connect, two subscribes, discovery, session
+/// start), twice when a legacy-only server makes it start again with `initialize`, plus
+/// closing the previous session. The watchdog allows a silent relay this long.
 pub fn longest_turn(request_timeout: Duration) -> Duration {
-    request_timeout * 5 + CLOSE_TIMEOUT
+    request_timeout * 10 + CLOSE_TIMEOUT
 }
 
 /// Opens sessions to the upstream; the seam between the relay loop and a transport.
@@ -58,7 +60,20 @@ pub enum RelayError {
     /// The upstream's answers break the contract (cursor ahead of the outbox, no progress...).
     #[error("contract violation: {0}")]
     Contract(String),
+    /// A tool call was refused and the server's tools show why: `summary` is
+    /// [`Diagnosis::summary`] (`upstream lacks the contract: tool edge_cursor is missing`).
+    #[error("{summary} ({refusal})")]
+    LacksContract {
+        /// What the server's tools lack.
+        summary: String,
+        /// The refused call.
+        refusal: UplinkError,
+    },
 }
+
+/// The last refusal diagnosed, so a repeated one does not list the tools again: the refusal's
+/// text and the diagnosis' summary (`None`: the tools meet the contract).
+type DiagnosisCache = Option<(String, Option<String>)>;
 
 /// The relay task. Run it with [`Relay::run`].
 pub struct Relay {
@@ -107,6 +122,7 @@ impl Relay {
         );
         let upstream = self.connector.describe();
         let mut previous_expired = false;
+        let mut diagnosed: DiagnosisCache = None;
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             self.status.set_upstream(UpstreamState::Connecting, None);
@@ -118,9 +134,11 @@ impl Relay {
             let outcome = match connected {
                 Ok(session) => {
                     self.heartbeat.beat();
-                    self.status.reconnected();
+                    let negotiated = session.negotiated();
+                    self.status.reconnected(&negotiated.version);
                     log::info!(gateway = self.gateway.as_str(), upstream = upstream.as_str(),
-                        server = session.server_name().as_str(); "upstream session opened");
+                        server = negotiated.server.as_str(), protocol_version = negotiated.version.as_str();
+                        "upstream session opened: MCP {}, {} era", negotiated.version, negotiated.era());
                     let r = tokio::select! {
                         r = self.deliver(&session, &shutdown) => r,
                         () = abandon_after(&shutdown, SHUTDOWN_GRACE) => {
@@ -128,6 +146,12 @@ impl Relay {
                                 "shutdown: abandoned the in-flight exchange after {SHUTDOWN_GRACE:?}; it is resent after restart");
                             Ok(())
                         }
+                    };
+                    let r = match r {
+                        Err(RelayError::Uplink(e)) if is_refusal(&e) => {
+                            Err(self.diagnose(&session, e, &mut diagnosed).await)
+                        }
+                        r => r,
                     };
                     session.close().await;
                     r
@@ -171,6 +195,39 @@ impl Relay {
         }
         self.status.set_upstream(UpstreamState::Down, None);
         log::info!("relay stopped");
+    }
+
+    /// After a refused tool call: lists the server's tools (once per distinct refusal, see
+    /// [`DiagnosisCache`]) and, when they lack the contract, says so at ERROR (once per
+    /// listing) and returns [`RelayError::LacksContract`], which `status` and `STATUS=` show.
+    async fn diagnose(
+        &self,
+        session: &Session,
+        refusal: UplinkError,
+        cache: &mut DiagnosisCache,
+    ) -> RelayError {
+        let text = refusal.to_string();
+        let (summary, fresh) = match cache.take() {
+            Some((seen, summary)) if seen == text => (summary, false),
+            _ => match Diagnosis::of_session(session, &self.session).await {
+                Ok(diagnosis) => (diagnosis.summary(), true),
+                Err(e) => {
+                    log::warn!(gateway = self.gateway.as_str(), error:% = e;
+                        "listing the upstream's tools after a refused call failed");
+                    return RelayError::Uplink(refusal);
+                }
+            },
+        };
+        *cache = Some((text, summary.clone()));
+        let Some(summary) = summary else {
+            return RelayError::Uplink(refusal);
+        };
+        // Once per diagnosis; the retries that follow carry it in their own WARN record.
+        if fresh {
+            log::error!(gateway = self.gateway.as_str(), upstream = self.connector.describe().as_str(),
+                error:% = refusal; "{summary}; the upstream refused: {refusal}");
+        }
+        RelayError::LacksContract { summary, refusal }
     }
 
     /// One session's life: cursor, then batches until an error or shutdown (`Ok`).
@@ -272,6 +329,15 @@ impl Relay {
             cursor = acked;
         }
     }
+}
+
+/// A tool call the upstream answered but refused: a JSON-RPC error (unknown tool, invalid
+/// params), `isError: true`, or a result that does not fit the contract.
+fn is_refusal(e: &UplinkError) -> bool {
+    matches!(
+        e,
+        UplinkError::Refused { .. } | UplinkError::Malformed { .. }
+    )
 }
 
 /// The reconnect delay: the backoff's `delay`, or longer when the upstream asked for it

@@ -35,11 +35,13 @@ impl std::fmt::Display for UpstreamState {
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     upstream: Mutex<(UpstreamState, Option<String>)>,
+    protocol_version: Mutex<Option<String>>,
     events_delivered: AtomicU64,
     batches_delivered: AtomicU64,
     reconnects: AtomicU64,
     sessions_expired: AtomicU64,
     stores_moved_aside: Mutex<Vec<String>>,
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 /// `GET /v1/status` body.
@@ -63,6 +65,10 @@ pub struct StatusReport {
     pub upstream: UpstreamState,
     /// Last uplink error, cleared on a healthy ack.
     pub last_error: Option<String>,
+    /// MCP protocol version of the last session opened (`2026-07-28`: current era, no
+    /// session; `2025-11-25` and older: `initialize` era); `None` before the first.
+    #[serde(default)]
+    pub protocol_version: Option<String>,
     /// Events acknowledged by the upstream since start.
     pub events_delivered: u64,
     /// `edge_ingest` calls acknowledged since start.
@@ -94,6 +100,13 @@ impl StatusBoard {
         if error.is_some() || state == UpstreamState::Connected {
             guard.1 = error;
         }
+        drop(guard);
+        self.changed.send_replace(());
+    }
+
+    /// A receiver told of every uplink state change (for tests and waiters; no history).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Counts one acknowledged batch of `events` events.
@@ -102,9 +115,13 @@ impl StatusBoard {
         self.batches_delivered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one new session.
-    pub fn reconnected(&self) {
+    /// Counts one new session, which negotiated MCP `protocol_version`.
+    pub fn reconnected(&self, protocol_version: &str) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+        *self
+            .protocol_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(protocol_version.to_owned());
     }
 
     /// Counts one session the upstream forgot.
@@ -134,6 +151,11 @@ impl StatusBoard {
             dropped_events: outbox.dropped_events,
             upstream,
             last_error,
+            protocol_version: self
+                .protocol_version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             events_delivered: self.events_delivered.load(Ordering::Relaxed),
             batches_delivered: self.batches_delivered.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),

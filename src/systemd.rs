@@ -161,6 +161,7 @@ mod tests {
             dropped_events: 0,
             upstream,
             last_error: error.map(str::to_owned),
+            protocol_version: None,
             events_delivered: 0,
             batches_delivered: 0,
             reconnects: 0,

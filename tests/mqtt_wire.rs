@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use edge_relay::mosquitto::Mosquitto;
-use edge_relay::mqtt::link::{Link, LinkOptions};
+use edge_relay::mqtt::link::Link;
 use edge_relay::mqtt::topics;
 use serde_json::Value;
 use support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
@@ -36,25 +36,8 @@ impl Seen {
 }
 
 async fn bystander(url: &str) -> Link {
-    let link = Link::connect(
-        LinkOptions {
-            url: url.to_owned(),
-            client_id: format!("bystander-{}", uuid::Uuid::now_v7().simple()),
-            component: None,
-            meta: None,
-            will: None,
-            password: None,
-            manual_acks: false,
-            persistent_session: None,
-        },
-        WAIT,
-    )
-    .await
-    .unwrap();
     // `#` does not match `$` topics (MQTT 5.0 §4.7.2): subscribe to each family explicitly.
-    let filters = ["$mcp-server/#", "$mcp-client/#", "$mcp-rpc/#"].map(String::from);
-    link.subscribe(&filters, false, WAIT).await.unwrap();
-    link
+    support::mosquitto::bystander(url, &["$mcp-server/#", "$mcp-client/#", "$mcp-rpc/#"]).await
 }
 
 /// Collects what arrives until `done` holds for the collected list (bounded by [`WAIT`]).
@@ -112,7 +95,8 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     assert_eq!(late_presence.prop(topics::MQTT_CLIENT_ID), Some(server_id));
     let server_id = server_id.to_owned();
 
-    // One relay session: initialize on the control topic, then the RPC topic both ways.
+    // One relay session in the current era (the sink serves both): server/discover on the
+    // control topic, then the RPC topic both ways.
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
     let (code, _) = post(relay.ingest_addr, event("a", 1).to_string()).await;
     assert_eq!(code, 200);
@@ -126,8 +110,8 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
 
     let init = seen
         .iter()
-        .find(|m| m.json()["method"] == "initialize")
-        .expect("an initialize request");
+        .find(|m| m.json()["method"] == "server/discover")
+        .expect("a server/discover request");
     assert_eq!(init.topic, topics::server_control(&server_id, SERVER_NAME));
     assert_eq!(init.prop(topics::COMPONENT_TYPE), Some(topics::CLIENT));
     let client_id = init
@@ -144,16 +128,29 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     };
     assert!(
         from(topics::SERVER) >= 3,
-        "initialize result, cursor and ingest answers: {on_rpc:#?}"
+        "discover result, cursor and ingest answers: {on_rpc:#?}"
     );
     assert!(
-        from(topics::CLIENT) >= 3,
-        "initialized, edge_cursor and edge_ingest: {on_rpc:#?}"
+        from(topics::CLIENT) >= 2,
+        "edge_cursor and edge_ingest: {on_rpc:#?}"
     );
+    // No handshake in this era: every request names its protocol version in `_meta`.
+    let calls: Vec<_> = on_rpc
+        .iter()
+        .filter(|m| m.json()["method"] == "tools/call")
+        .collect();
+    assert!(calls.len() >= 2, "{on_rpc:#?}");
+    for call in calls {
+        let meta = &call.json()["params"]["_meta"];
+        assert_eq!(
+            meta["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
+    }
     assert!(
         on_rpc
             .iter()
-            .any(|m| m.json()["method"] == "notifications/initialized")
+            .all(|m| m.json()["method"] != "notifications/initialized")
     );
     assert!(on_rpc.iter().all(|m| !m.retain));
     let bye = seen
@@ -178,19 +175,21 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     .unwrap();
     let mut child = spawn_daemon(&config, &[]);
     collect_until(&mut early, &mut watcher_seen, |s| {
-        s.iter().any(|m| m.json()["method"] == "initialize")
+        s.iter().any(|m| m.json()["method"] == "server/discover")
     })
     .await;
     let dead_id = watcher_seen
         .iter()
-        .find(|m| m.json()["method"] == "initialize")
+        .find(|m| m.json()["method"] == "server/discover")
         .and_then(|m| m.prop(topics::MQTT_CLIENT_ID))
         .unwrap()
         .to_owned();
-    // Let the session finish its handshake before the kill, so the will is the only goodbye.
+    // Let the session get past its start (its first tool call) before the kill, so the will
+    // is the only goodbye.
     collect_until(&mut early, &mut watcher_seen, |s| {
-        s.iter()
-            .any(|m| m.json()["method"] == "notifications/initialized")
+        s.iter().any(|m| {
+            m.json()["method"] == "tools/call" && m.prop(topics::MQTT_CLIENT_ID) == Some(&dead_id)
+        })
     })
     .await;
     kill_9(&mut child);

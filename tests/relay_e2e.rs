@@ -3,6 +3,7 @@
 mod support;
 
 use edge_relay::audit::audit;
+use edge_relay::sink::Eras;
 use serde_json::Value;
 use support::*;
 use uuid::Uuid;
@@ -53,8 +54,18 @@ async fn ten_thousand_events_in_mixed_shapes_arrive_exactly_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
+    upstream_restarts(Eras::Both).await;
+}
+
+/// The same on the legacy era, where every restart also forgets the relay's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing_legacy() {
+    upstream_restarts(Eras::Legacy).await;
+}
+
+async fn upstream_restarts(eras: Eras) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut sink = Sink::start(&tmp.path().join("sink")).await;
+    let mut sink = Sink::start_eras(&tmp.path().join("sink"), eras).await;
     let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
     let mut all = Vec::new();
     for round in 0..4u64 {
@@ -77,7 +88,16 @@ async fn upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
     let result = audit(&all, &stored);
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 2000);
-    assert!(report(&relay).reconnects >= 5);
+    let report = report(&relay);
+    if eras == Eras::Legacy {
+        assert_eq!(report.protocol_version.as_deref(), Some("2025-11-25"));
+        // Each restart forgot the session: a new one, with edge_cursor, at least per restart.
+        assert!(report.reconnects >= 5, "{report:?}");
+    } else {
+        // No session to forget: a restart costs at most the request it cut.
+        assert_eq!(report.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(report.sessions_expired, 0, "{report:?}");
+    }
     relay.stop().await;
 }
 
@@ -135,8 +155,9 @@ async fn lost_answer_is_resent_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_session_gets_a_new_session_and_delivery_continues() {
+    // Sessions exist only in the legacy era (MCP 2026-07-28 has none to expire).
     let tmp = tempfile::tempdir().unwrap();
-    let sink = Sink::start(&tmp.path().join("sink")).await;
+    let sink = Sink::start_eras(&tmp.path().join("sink"), Eras::Legacy).await;
     let relay = start_relay(relay_config(&tmp.path().join("relay"), &sink.url())).await;
     let (_, answer) = post(relay.ingest_addr, event("a", 1).to_string()).await;
     let mut all = accepted(&answer);

@@ -49,14 +49,20 @@ pub struct MqttTransport<R: ServiceRole> {
     _role: PhantomData<R>,
 }
 
-/// True for a JSON-RPC `initialize` request (it goes to the server control topic).
-fn is_initialize(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v.get("method").and_then(|m| m.as_str()) == Some("initialize"))
+/// True for a request that opens a session and so goes to the server control topic:
+/// `initialize` (mcp-over-mqtt §Initialization) or `server/discover` (MCP 2026-07-28).
+fn opens_session(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|v| {
+        matches!(
+            v.get("method").and_then(|m| m.as_str()),
+            Some("initialize" | "server/discover")
+        )
+    })
 }
 
 impl<R: ServiceRole> MqttTransport<R> {
-    /// A session publishing on `rpc_topic` (and `initialize` on `control_topic`, client side).
+    /// A session publishing on `rpc_topic` (and `initialize` / `server/discover` on
+    /// `control_topic`, client side).
     ///
     /// `closed` is cancelled when the transport is closed or dropped, so the link owner can
     /// end the session's MQTT side (publish `notifications/disconnected`, unsubscribe...).
@@ -94,7 +100,7 @@ impl<R: ServiceRole> Transport<R> for MqttTransport<R> {
             let payload = serde_json::to_vec(&item)
                 .map_err(|e| MqttError::Closed(format!("encoding a JSON-RPC message: {e}")))?;
             let topic = match control {
-                Some(control) if is_initialize(&payload) => control,
+                Some(control) if opens_session(&payload) => control,
                 _ => rpc,
             };
             publisher.publish(&topic, payload, false).await
@@ -117,13 +123,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_initialize() {
-        assert!(is_initialize(
+    fn recognises_session_openers() {
+        assert!(opens_session(
             br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#
         ));
-        assert!(!is_initialize(
+        assert!(opens_session(
+            br#"{"jsonrpc":"2.0","id":0,"method":"server/discover","params":{}}"#
+        ));
+        assert!(!opens_session(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#
         ));
-        assert!(!is_initialize(b"not json"));
+        assert!(!opens_session(b"not json"));
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::era::Eras;
 use super::server::SinkService;
 use super::store::SinkStore;
 use crate::config::Secret;
@@ -57,6 +58,20 @@ pub async fn serve_mqtt(
     store: Arc<SinkStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_mqtt_eras(opts, Eras::Both, store, shutdown).await
+}
+
+/// [`serve_mqtt`] restricted to the MCP revisions of `eras`: the first message of a client
+/// (`server/discover` or `initialize`, on the control topic) opens its session either way.
+///
+/// # Errors
+/// As [`serve_mqtt`].
+pub async fn serve_mqtt_eras(
+    opts: MqttServe,
+    eras: Eras,
+    store: Arc<SinkStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         topics::valid_server_name(&opts.server_name),
         "bad server name {:?}: use a hierarchical name like edge/ingest",
@@ -64,9 +79,10 @@ pub async fn serve_mqtt(
     );
     let mut backoff = Backoff::new(BACKOFF.0, opts.reconnect_max.max(BACKOFF.0));
     let mut name = opts.server_name.clone();
+    let service = SinkService::new(store).with_eras(eras);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        let err = match serve_once(&opts, &name, &store, &shutdown).await {
+        let err = match serve_once(&opts, &name, &service, &shutdown).await {
             Ok(None) => return Ok(()),
             Ok(Some(suggested)) => {
                 log::info!(server_name = suggested.as_str(); "sink: the broker suggested a server name; reconnecting with it");
@@ -94,7 +110,7 @@ pub async fn serve_mqtt(
 async fn serve_once(
     opts: &MqttServe,
     name: &str,
-    store: &Arc<SinkStore>,
+    service: &SinkService,
     shutdown: &CancellationToken,
 ) -> Result<Option<String>, MqttError> {
     let server_id = format!("edge-relay-sink-{}", Uuid::now_v7().simple());
@@ -148,7 +164,8 @@ async fn serve_once(
         if topic == control {
             if let Some(cid) = sender_id(&publish) {
                 let client =
-                    open_session(&link, &server_id, name, &cid, store, &sessions, shutdown).await?;
+                    open_session(&link, &server_id, name, &cid, service, &sessions, shutdown)
+                        .await?;
                 if client.inbox.deliver(&publish.payload).await {
                     clients.insert(cid, client);
                 }
@@ -207,13 +224,14 @@ fn is_disconnected(payload: &[u8]) -> bool {
 }
 
 /// Subscribes to the client's RPC (No Local), presence and capability topics before answering
-/// `initialize` (spec §Initialization), then starts an rmcp server session on them.
+/// its first message, `initialize` (spec §Initialization) or `server/discover` (MCP
+/// 2026-07-28), then starts an rmcp server session on them; rmcp's lifecycle serves either.
 async fn open_session(
     link: &Link,
     server_id: &str,
     name: &str,
     cid: &str,
-    store: &Arc<SinkStore>,
+    service: &SinkService,
     sessions: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<Client, MqttError> {
@@ -231,7 +249,7 @@ async fn open_session(
     let closed = shutdown.child_token();
     let (transport, inbox) =
         MqttTransport::<RoleServer>::new(link.publisher(), None, rpc.clone(), closed.clone());
-    let service = SinkService::new(store.clone());
+    let service = service.clone();
     let ct = closed.clone();
     let client_id = cid.to_owned();
     sessions.spawn(async move {
@@ -239,7 +257,7 @@ async fn open_session(
             Ok(running) => {
                 let _ = running.waiting().await;
             }
-            Err(e) => log::warn!(client_id = client_id.as_str(); "sink: initialize failed: {e}"),
+            Err(e) => log::warn!(client_id = client_id.as_str(); "sink: session start failed: {e}"),
         }
     });
     Ok(Client { inbox, closed, rpc })

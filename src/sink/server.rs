@@ -1,5 +1,7 @@
-//! The reference upstream's MCP face: `edge_ingest` and `edge_cursor` over Streamable HTTP at `/mcp`.
+//! The reference upstream's MCP face: `edge_ingest` and `edge_cursor` over Streamable HTTP at `/mcp`,
+//! in both MCP eras (2026-07-28 without sessions, the `initialize` revisions with them).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,9 @@ use hyper::{Request, Response, StatusCode};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ProtocolVersion, ServerCapabilities, ServerConfig,
+};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
@@ -21,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::contract::{Ack, CursorArgs, IngestArgs};
+use crate::sink::era::Eras;
 use crate::sink::store::{SinkError, SinkStore};
 
 /// `serverInfo.name` the sink announces.
@@ -49,10 +54,11 @@ stored; send the next batch from acked_seq + 1. Call it after every (re)connect.
 
 /// The MCP server handler: the two tools of DESIGN §2 over a shared [`SinkStore`].
 ///
-/// Cheap to clone; rmcp makes one per session.
+/// Cheap to clone; rmcp makes one per legacy session and one per current-era request.
 #[derive(Clone)]
 pub struct SinkService {
     store: Arc<SinkStore>,
+    eras: Eras,
     tool_router: ToolRouter<SinkService>,
     // Held by every copy, so `serve_http` can wait until no copy (hence no store clone) is left.
     _holder: Option<TaskTrackerToken>,
@@ -60,31 +66,41 @@ pub struct SinkService {
 
 #[tool_router]
 impl SinkService {
-    /// A handler over `store`, for any rmcp transport.
+    /// A handler over `store` serving both eras, for any rmcp transport.
     pub fn new(store: Arc<SinkStore>) -> Self {
         Self {
             store,
+            eras: Eras::Both,
             tool_router: Self::tool_router(),
             _holder: None,
         }
     }
 
-    /// `edge_ingest`: store a batch, answer the contiguous mark.
+    /// The same handler restricted to `eras` (its `supported_protocol_versions`).
+    pub fn with_eras(mut self, eras: Eras) -> Self {
+        self.eras = eras;
+        self
+    }
+
+    /// `edge_ingest`: store a batch, answer the contiguous mark. Idempotent: a batch sent
+    /// again is dropped by seq.
     #[tool(
         name = "edge_ingest",
         description = INGEST_DESCRIPTION,
-        output_schema = schema_for_output::<Ack>()
+        output_schema = schema_for_output::<Ack>(),
+        annotations(idempotent_hint = true, read_only_hint = false, destructive_hint = false)
     )]
     async fn edge_ingest(&self, Parameters(args): Parameters<IngestArgs>) -> CallToolResult {
         let result = self.store.ingest(&args).await;
         answer("edge_ingest", &args.gateway, args.stream, result)
     }
 
-    /// `edge_cursor`: answer the contiguous mark.
+    /// `edge_cursor`: answer the contiguous mark; changes nothing.
     #[tool(
         name = "edge_cursor",
         description = CURSOR_DESCRIPTION,
-        output_schema = schema_for_output::<Ack>()
+        output_schema = schema_for_output::<Ack>(),
+        annotations(read_only_hint = true)
     )]
     async fn edge_cursor(&self, Parameters(args): Parameters<CursorArgs>) -> CallToolResult {
         let result = self.store.cursor(&args.gateway, args.stream).await;
@@ -101,6 +117,11 @@ impl ServerHandler for SinkService {
                 "Reference upstream of edge-relay: edge_cursor after connecting, then edge_ingest \
                  batches from acked_seq + 1.",
             )
+    }
+
+    /// The versions of the configured [`Eras`]; rmcp answers any other with -32022.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(self.eras.versions())
     }
 }
 
@@ -173,16 +194,55 @@ pub async fn serve_http_with(
     shutdown: CancellationToken,
     sse_keep_alive: Option<Duration>,
 ) -> anyhow::Result<()> {
+    let options = HttpOptions {
+        sse_keep_alive,
+        eras: Eras::Both,
+    };
+    serve_http_options(listener, store, shutdown, options).await
+}
+
+/// How [`serve_http_options`] serves: SSE keep-alive and MCP eras.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    /// Interval of SSE keep-alive comments; `None` for none (see [`serve_http_with`]).
+    pub sse_keep_alive: Option<Duration>,
+    /// Revisions served. The current era (MCP 2026-07-28, Basic/Transports) is always
+    /// sessionless; the legacy era gets rmcp's stateful sessions (`Mcp-Session-Id`).
+    pub eras: Eras,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            sse_keep_alive: StreamableHttpServerConfig::default().sse_keep_alive,
+            eras: Eras::Both,
+        }
+    }
+}
+
+/// [`serve_http`] with every option chosen.
+///
+/// # Errors
+/// As [`serve_http`].
+pub async fn serve_http_options(
+    listener: impl crate::http_serve::Listener,
+    store: Arc<SinkStore>,
+    shutdown: CancellationToken,
+    options: HttpOptions,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("sink listener address")?;
     let holders = TaskTracker::new();
     let prototype = SinkService {
         _holder: Some(holders.token()),
-        ..SinkService::new(store)
+        ..SinkService::new(store).with_eras(options.eras)
     };
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown.child_token())
-        .with_allowed_hosts(allowed_hosts(addr));
-    config.sse_keep_alive = sse_keep_alive;
+        .with_allowed_hosts(allowed_hosts(addr))
+        .with_legacy_session_mode(options.eras.serves_legacy())
+        // Current only: a request with no protocol version is not served as 2025-03-26.
+        .with_stateless_protocol_metadata_required(options.eras == Eras::Current);
+    config.sse_keep_alive = options.sse_keep_alive;
     let mcp = StreamableHttpService::new(
         move || Ok(prototype.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -192,7 +252,8 @@ pub async fn serve_http_with(
         let mcp = mcp.clone();
         async move { Ok::<_, Infallible>(route(&mcp, request).await) }
     });
-    log::info!(addr:% = addr; "sink: serving MCP on http://{addr}{MCP_PATH}");
+    log::info!(addr:% = addr, eras = options.eras.name();
+        "sink: serving MCP on http://{addr}{MCP_PATH}");
     crate::http_serve::serve(
         listener,
         router,

@@ -17,7 +17,8 @@ use crate::relay::Connector;
 /// TCP (and TLS) connect timeout of the HTTP uplink.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens MCP sessions over Streamable HTTP (MCP 2025-06-18, Basic/Transports, Streamable HTTP).
+/// Opens MCP sessions over Streamable HTTP (MCP 2026-07-28 and 2025-11-25, Basic/Transports,
+/// Streamable HTTP): sessionless in the current era, with `Mcp-Session-Id` in the legacy one.
 ///
 /// `C` is the TCP/TLS connector of its [`HyperHttpClient`] (the network seam).
 pub struct HttpConnector<C = DefaultConnector> {
@@ -57,21 +58,25 @@ impl<C: Connect + Clone + Send + Sync + 'static> HttpConnector<C> {
     }
 }
 
+impl<C: Connect + Clone + Send + Sync + 'static> HttpConnector<C> {
+    /// One session start in `config.era` on a fresh transport (no session id yet).
+    async fn open(&self, config: SessionConfig) -> Result<Session, UplinkError> {
+        let mut transport_config = StreamableHttpClientTransportConfig::with_uri(self.url.as_str());
+        // The relay loop owns session recovery: a new session always starts with edge_cursor.
+        transport_config.reinit_on_expired_session = false;
+        transport_config.auth_header = self.token.as_ref().map(|t| t.expose().to_owned());
+        let transport =
+            StreamableHttpClientTransport::with_client(self.client.clone(), transport_config);
+        Session::start(transport, config).await
+    }
+}
+
 impl<C: Connect + Clone + Send + Sync + 'static> Connector for HttpConnector<C> {
     fn connect(
         &self,
         config: SessionConfig,
     ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
-        Box::pin(async move {
-            let mut transport_config =
-                StreamableHttpClientTransportConfig::with_uri(self.url.as_str());
-            // The relay loop owns session recovery: a new session always starts with edge_cursor.
-            transport_config.reinit_on_expired_session = false;
-            transport_config.auth_header = self.token.as_ref().map(|t| t.expose().to_owned());
-            let transport =
-                StreamableHttpClientTransport::with_client(self.client.clone(), transport_config);
-            Session::start(transport, config).await
-        })
+        Box::pin(super::negotiate(config, |c| self.open(c)))
     }
 
     /// The endpoint with any userinfo masked (it is logged and shown in status).

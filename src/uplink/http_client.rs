@@ -22,6 +22,8 @@ use rmcp::transport::streamable_http_client::{
 };
 use sse_stream::{Error as SseError, Sse, SseStream};
 
+use answers::{error_answer, retry_after};
+
 /// Default bound on establishing one TCP connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default bound on waiting for response headers, and again for a whole JSON/error body.
@@ -81,29 +83,6 @@ impl HttpClientError {
             _ => None,
         }
     }
-}
-
-/// `Retry-After` of a 429 or 503 answer: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-fn retry_after(response: &Response<Incoming>) -> Option<Duration> {
-    if !matches!(
-        response.status(),
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        return None;
-    }
-    parse_retry_after(response.headers().get(header::RETRY_AFTER)?.to_str().ok()?)
-}
-
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
 }
 
 impl From<HttpClientError> for StreamableHttpError<HttpClientError> {
@@ -389,9 +368,6 @@ fn sse_or_json(response: &Response<Incoming>) -> Result<bool, Error> {
     }
 }
 
-// rmcp's `legacy_discover_response` is not reproduced: it turns a legacy server's 4xx to a
-// `server/discover` probe (ClientLifecycleMode::Discover/Auto) into a JSON-RPC error so the
-// lifecycle can fall back. The uplink uses the `initialize` lifecycle (`ServiceExt::serve`).
 impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperHttpClient<C> {
     type Error = HttpClientError;
 
@@ -409,7 +385,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
     }
 
     /// POSTs one message; 202/204 are `Accepted`, 404 with a session is `SessionExpired`
-    /// (MCP 2025-06-18, Basic/Transports, Streamable HTTP, §Session Management).
+    /// (MCP 2025-11-25, Basic/Transports, Streamable HTTP, §Session Management); a 4xx with a
+    /// JSON-RPC error body is that answer ([`error_answer`], MCP 2026-07-28).
     async fn post_message_with_max_sse_event_size(
         &self,
         uri: Arc<str>,
@@ -433,9 +410,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Ok(PostResponse::Accepted);
         }
+        // Only a legacy session can expire; without one (MCP 2026-07-28) a 404 is an answer.
         if status == StatusCode::NOT_FOUND && sid.is_some() {
             return Err(Error::SessionExpired);
         }
+        let new_session = response
+            .headers()
+            .get(HEADER_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         if !status.is_success() {
             let retry_after = retry_after(&response);
             let body = match self.read_body(&what, response, MAX_ERROR_BODY).await {
@@ -446,6 +429,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
                 Err(_) => "<failed to read response body>".to_owned(),
             };
             let body = crate::redact::error_text(&body, token.as_deref());
+            if let Some(answer) = error_answer(&msg, sid.is_some(), status, &body) {
+                return Ok(PostResponse::Json(answer, new_session));
+            }
             return Err(HttpClientError::Status {
                 status,
                 retry_after,
@@ -454,10 +440,6 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
             .into());
         }
         let headers = response.headers();
-        let new_session = headers
-            .get(HEADER_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
         let is_request = matches!(msg, ClientJsonRpcMessage::Request(_));
         if !is_request
             && headers
@@ -557,5 +539,6 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
     }
 }
 
+mod answers;
 #[cfg(test)]
 mod tests;

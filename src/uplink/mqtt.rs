@@ -21,8 +21,9 @@ use crate::relay::Connector;
 /// After the first server shows up, how long discovery waits for more retained presences.
 pub const DISCOVERY_SETTLE: Duration = Duration::from_millis(200);
 
-/// Opens MCP sessions over MQTT: `initialize` on `$mcp-server/{server-id}/{server-name}`, then
-/// everything on `$mcp-rpc/{mcp-client-id}/{server-id}/{server-name}`.
+/// Opens MCP sessions over MQTT: the session's first message (`server/discover` or
+/// `initialize`) on `$mcp-server/{server-id}/{server-name}`, then everything on
+/// `$mcp-rpc/{mcp-client-id}/{server-id}/{server-name}`.
 pub struct MqttConnector {
     url: String,
     server_name_filter: String,
@@ -108,7 +109,7 @@ impl MqttConnector {
         .await
         .map_err(connect)?;
         log::info!(server_id = server.id.as_str(), server_name = server.name.as_str(), client_id = client_id.as_str();
-            "MCP over MQTT: initializing with a discovered server");
+            "MCP over MQTT: starting a session with a discovered server");
         let closed = CancellationToken::new();
         let (transport, inbox) = MqttTransport::<RoleClient>::new(
             link.publisher(),
@@ -117,8 +118,15 @@ impl MqttConnector {
             closed.clone(),
         );
         let presence = topics::server_presence(&server.id, &server.name);
-        tokio::spawn(route(link, inbox, rpc, presence, client_id, closed));
-        Session::start(transport, config).await
+        let goodbye = tokio::spawn(route(link, inbox, rpc, presence, client_id, closed));
+        match Session::start(transport, config).await {
+            Ok(session) => Ok(session.with_goodbye(goodbye)),
+            Err(e) => {
+                // The transport is gone, so `route` says goodbye; a probe must not exit first.
+                let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, goodbye).await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -212,7 +220,7 @@ impl Connector for MqttConnector {
         &self,
         config: SessionConfig,
     ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
-        Box::pin(self.open(config))
+        Box::pin(super::negotiate(config, |c| self.open(c)))
     }
 
     fn describe(&self) -> String {

@@ -26,6 +26,8 @@ use crate::support::{Sink, WAIT, acked_at_least, drained_within, relay_config, s
 const CYCLES: u64 = 50;
 /// Kills of the upstream process in CI; `PARTITION_CRASH_PEER_CYCLES` sets both peer families.
 const UPSTREAM_CYCLES: u64 = 50;
+/// Kills of the legacy-era upstream in CI (the era variant of `crash-upstream`).
+const LEGACY_UPSTREAM_CYCLES: u64 = 10;
 /// Kills of Mosquitto in CI. The test sink's reconnect backoff is capped at 300 ms
 /// (`tests/support/mcp_mqtt.rs`), so its reconnect does not pace a cycle.
 const BROKER_CYCLES: u64 = 50;
@@ -231,24 +233,39 @@ async fn settle(
 }
 
 /// The reference upstream as its own process (`edge-relay sink`), `kill -9`ed while the relay
-/// delivers to it and restarted on its store; the relay runs in the test process.
+/// delivers to it and restarted on its store; the relay runs in the test process. The sink
+/// serves both eras (its default), so the relay speaks the current one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_upstream() {
     family(
         "crash-upstream",
         PEER_CYCLES_VAR,
         UPSTREAM_CYCLES,
-        upstream_run,
+        async |rng, dir, kills| upstream_run(rng, dir, kills, "both").await,
     )
     .await;
 }
 
-async fn upstream_run(rng: &mut StdRng, dir: &Path, cycles: u64) -> RunEnd {
+/// The same with `edge-relay sink --eras legacy` (initialize, sessions), fewer kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_upstream_legacy() {
+    family(
+        "crash-upstream-legacy",
+        PEER_CYCLES_VAR,
+        LEGACY_UPSTREAM_CYCLES,
+        async |rng, dir, kills| upstream_run(rng, dir, kills, "legacy").await,
+    )
+    .await;
+}
+
+/// `eras` is the sink's `--eras` value.
+async fn upstream_run(rng: &mut StdRng, dir: &Path, cycles: u64, eras: &str) -> RunEnd {
     let sink_dir = dir.join("sink");
     let listen = free_port();
     let start = async || {
         let mut cmd = family_child(BINARY);
-        cmd.args(["sink", "--listen", &listen.to_string(), "--data-dir"])
+        cmd.args(["sink", "--eras", eras, "--listen", &listen.to_string()])
+            .arg("--data-dir")
             .arg(&sink_dir);
         spawn_listening(&mut cmd, listen, "the sink").await
     };
@@ -264,6 +281,13 @@ async fn upstream_run(rng: &mut StdRng, dir: &Path, cycles: u64) -> RunEnd {
         kill_9(&mut sink);
         sink = start().await;
     }
+    let want = if eras == "legacy" {
+        "2025-11-25"
+    } else {
+        "2026-07-28"
+    };
+    let negotiated = relay.status.report(GATEWAY, &relay.outbox.stats());
+    assert_eq!(negotiated.protocol_version.as_deref(), Some(want));
     let (accepted, stream, drain) = settle(relay, producer, sampler).await;
     kill_9(&mut sink);
     let store = SinkStore::open(&sink_dir).unwrap();

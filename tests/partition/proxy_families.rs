@@ -9,7 +9,7 @@ use edge_relay::config::{Config, MqttIngestConfig};
 use edge_relay::event::Event;
 use edge_relay::mosquitto::Mosquitto;
 use edge_relay::mqtt::link::KEEP_ALIVE;
-use edge_relay::sink::SinkStore;
+use edge_relay::sink::{Eras, SinkStore};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use uuid::Uuid;
@@ -24,6 +24,8 @@ use crate::support::{Sink, drained_within, relay_config, start_relay};
 
 /// Runs per family in CI; `PARTITION_PROXY_RUNS` raises it.
 const RUNS: u64 = 4;
+/// Runs of the legacy-era variant of `proxy-http` in CI.
+const LEGACY_RUNS: u64 = 2;
 /// Relay request timeout in these families, ms: how fast a blackholed uplink is detected.
 const REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// Liveness bound of the uplink families: after the last heal, a few timeouts and backoffs.
@@ -50,22 +52,59 @@ enum Link {
     MqttIngest,
 }
 
+/// The upstream serves both eras, so the relay speaks the current one (MCP 2026-07-28).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_http() {
-    family("proxy-http", "proxy_http", Link::HttpUplink).await;
+    family("proxy-http", "proxy_http", Link::HttpUplink, Eras::Both).await;
+}
+
+/// The same through an upstream serving only the legacy era (initialize, sessions), with
+/// fewer runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_http_legacy() {
+    family(
+        "proxy-http-legacy",
+        "proxy_http_legacy",
+        Link::HttpUplink,
+        Eras::Legacy,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mqtt_uplink() {
-    family("proxy-mqtt-uplink", "proxy_mqtt_uplink", Link::MqttUplink).await;
+    family(
+        "proxy-mqtt-uplink",
+        "proxy_mqtt_uplink",
+        Link::MqttUplink,
+        Eras::Both,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mqtt_ingest() {
-    family("proxy-mqtt-ingest", "proxy_mqtt_ingest", Link::MqttIngest).await;
+    family(
+        "proxy-mqtt-ingest",
+        "proxy_mqtt_ingest",
+        Link::MqttIngest,
+        Eras::Both,
+    )
+    .await;
 }
 
-async fn family(name: &str, test: &str, link: Link) {
+/// Runs of a family, `PARTITION_PROXY_RUNS` if set: [`RUNS`], or [`LEGACY_RUNS`] for the
+/// legacy-era variant.
+fn runs(eras: Eras) -> u64 {
+    let default = if eras == Eras::Legacy {
+        LEGACY_RUNS
+    } else {
+        RUNS
+    };
+    count_from_env("PARTITION_PROXY_RUNS", default)
+}
+
+async fn family(name: &str, test: &str, link: Link, eras: Eras) {
     let mut rng = seeded(name, test);
     let mut summary = FamilySummary::new(name);
     // A blackholed ingest link costs up to two keepalives to notice: one such fault per family.
@@ -74,8 +113,8 @@ async fn family(name: &str, test: &str, link: Link) {
     } else {
         u64::MAX
     };
-    for run in 0..count_from_env("PARTITION_PROXY_RUNS", RUNS) {
-        one_run(&mut summary, &mut rng, link, run, &mut blackholes).await;
+    for run in 0..runs(eras) {
+        one_run(&mut summary, &mut rng, (link, eras), run, &mut blackholes).await;
     }
     summary.publish();
 }
@@ -88,13 +127,13 @@ struct Peers {
     upstream: Upstream,
 }
 
-async fn peers(dir: &std::path::Path, link: Link) -> (Peers, Config) {
+async fn peers(dir: &std::path::Path, link: Link, eras: Eras) -> (Peers, Config) {
     let relay_dir = dir.join("relay");
     let broker = (link != Link::HttpUplink)
         .then(|| Mosquitto::start(&dir.join("broker"), false).unwrap_or_else(|e| panic!("{e:#}")));
     let (upstream, proxy, mut config) = match link {
         Link::HttpUplink => {
-            let sink = Sink::start(&dir.join("sink")).await;
+            let sink = Sink::start_eras(&dir.join("sink"), eras).await;
             let proxy = FaultProxy::start(sink.addr).await;
             let config = relay_config(&relay_dir, &format!("http://{}/mcp", proxy.addr));
             (Upstream::Http(sink), proxy, config)
@@ -155,12 +194,12 @@ fn draw_fault(rng: &mut StdRng, blackholes: &mut u64) -> Mode {
 async fn one_run(
     summary: &mut FamilySummary,
     rng: &mut StdRng,
-    link: Link,
+    (link, eras): (Link, Eras),
     run: u64,
     blackholes: &mut u64,
 ) {
     let tmp = tempfile::tempdir().unwrap();
-    let (peers, config) = peers(tmp.path(), link).await;
+    let (peers, config) = peers(tmp.path(), link, eras).await;
     let relay = start_relay(config).await;
     let stream = relay.outbox.stats().stream;
     let outbox = relay.outbox.clone();
@@ -228,7 +267,15 @@ async fn one_run(
         _ => UPLINK_DRAIN_BOUND,
     };
     let faults = peers.proxy.faults();
-    let run = format!("run={run} schedule={schedule:?}");
+    // The era the family is about is the one every session of the run spoke.
+    let want = if eras == Eras::Legacy {
+        "2025-11-25"
+    } else {
+        "2026-07-28"
+    };
+    let report = relay.status.report(GATEWAY, &relay.outbox.stats());
+    assert_eq!(report.protocol_version.as_deref(), Some(want), "run {run}");
+    let run = format!("run={run} schedule={schedule:?} mcp={want}");
     relay.stop().await;
     peers.upstream.stop().await;
     verdict(summary, &run, &audit, faults, drain, bound);

@@ -15,8 +15,8 @@ use edge_relay::event::Event;
 use edge_relay::local_client;
 use edge_relay::relay::Connector;
 use edge_relay::sink::SinkStore;
-use edge_relay::uplink::SessionConfig;
 use edge_relay::uplink::http::HttpConnector;
+use edge_relay::uplink::{EraChoice, SessionConfig};
 use futures::future::BoxFuture;
 use hyper::Method;
 use rand::rngs::StdRng;
@@ -308,7 +308,7 @@ pub fn store_mark(store: Arc<SinkStore>) -> impl Fn(Uuid) -> BoxFuture<'static, 
     }
 }
 
-/// The upstream's mark asked over MCP (`initialize`, `edge_cursor`) on a fresh session, for an
+/// The upstream's mark asked over MCP (session start, `edge_cursor`) on a fresh session, for an
 /// upstream in another process; `None` while it does not answer.
 pub fn mcp_mark(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
     move |stream| {
@@ -321,6 +321,7 @@ pub fn mcp_mark(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>>
                     ingest_tool: INGEST_TOOL.to_owned(),
                     cursor_tool: CURSOR_TOOL.to_owned(),
                     request_timeout: timeout,
+                    era: EraChoice::PreferCurrent,
                 })
                 .await
                 .ok()?;

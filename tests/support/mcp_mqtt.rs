@@ -4,8 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edge_relay::config::{Config, Transport};
+use edge_relay::sink::Eras;
 use edge_relay::sink::SinkStore;
-use edge_relay::sink::mqtt::{MqttServe, serve_mqtt};
+use edge_relay::sink::mqtt::{MqttServe, serve_mqtt_eras};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,11 @@ impl MqttSink {
 
     /// Serves an already open store (a second instance of the same upstream).
     pub fn serve(store: Arc<SinkStore>, broker: &str) -> MqttSink {
+        Self::serve_eras(store, broker, Eras::Both)
+    }
+
+    /// Serves `store` in the MCP revisions of `eras` only.
+    pub fn serve_eras(store: Arc<SinkStore>, broker: &str, eras: Eras) -> MqttSink {
         let stop = CancellationToken::new();
         let opts = MqttServe {
             url: broker.to_owned(),
@@ -34,7 +40,7 @@ impl MqttSink {
             password: None,
             reconnect_max: std::time::Duration::from_millis(300),
         };
-        let task = tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone()));
+        let task = tokio::spawn(serve_mqtt_eras(opts, eras, store.clone(), stop.clone()));
         MqttSink { store, stop, task }
     }
 

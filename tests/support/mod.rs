@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use edge_relay::config::Config;
 use edge_relay::event::Event;
-use edge_relay::sink::{SinkStore, serve_http};
+use edge_relay::sink::{Eras, HttpOptions, SinkStore, serve_http_options};
 use edge_relay::{Daemon, local_client};
 use hyper::Method;
 use serde_json::Value;
@@ -25,32 +25,48 @@ use uuid::Uuid;
 /// Upper bound for any wait on the system under test; a hang fails the test instead.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The reference upstream on loopback, restartable on the same store and port.
+/// The reference upstream on loopback, restartable on the same store, port and eras.
 pub struct Sink {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub store: Arc<SinkStore>,
+    pub eras: Eras,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Sink {
+    /// Serving both MCP eras (the relay then negotiates the current one).
     pub async fn start(dir: &Path) -> Sink {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), dir).await
+        Self::start_eras(dir, Eras::Both).await
+    }
+
+    /// Serving only the MCP revisions of `eras`.
+    pub async fn start_eras(dir: &Path, eras: Eras) -> Sink {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), dir, eras).await
     }
 
     pub async fn start_on(addr: SocketAddr, dir: &Path) -> Sink {
+        Self::start_with(addr, dir, Eras::Both).await
+    }
+
+    pub async fn start_with(addr: SocketAddr, dir: &Path, eras: Eras) -> Sink {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let store = Arc::new(SinkStore::open(dir).unwrap());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_http(listener, store.clone(), stop.clone()));
+        let options = HttpOptions {
+            eras,
+            ..HttpOptions::default()
+        };
+        let serve = serve_http_options(listener, store.clone(), stop.clone(), options);
         Sink {
             addr,
             dir: dir.to_owned(),
             store,
+            eras,
             stop,
-            task,
+            task: tokio::spawn(serve),
         }
     }
 
@@ -67,8 +83,9 @@ impl Sink {
 
     /// Stop, then start again on the same port and store: sessions are forgotten.
     pub async fn restart(self) -> Sink {
+        let eras = self.eras;
         let (addr, dir) = self.stop().await;
-        Sink::start_on(addr, &dir).await
+        Sink::start_with(addr, &dir, eras).await
     }
 
     pub fn events(&self, gateway: &str, stream: Uuid) -> Vec<Event> {

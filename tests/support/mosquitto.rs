@@ -125,3 +125,23 @@ pub async fn wait_subscribed(url: &str, topic: &str) {
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// A plain MQTT 5 client (fresh id, no MCP properties) subscribed to `filters`: it sees what
+/// MCP clients and servers publish without taking part.
+pub async fn bystander(url: &str, filters: &[&str]) -> edge_relay::mqtt::link::Link {
+    use edge_relay::mqtt::link::{Link, LinkOptions};
+    let options = LinkOptions {
+        url: url.to_owned(),
+        client_id: format!("bystander-{}", uuid::Uuid::now_v7().simple()),
+        component: None,
+        meta: None,
+        will: None,
+        password: None,
+        manual_acks: false,
+        persistent_session: None,
+    };
+    let link = Link::connect(options, WAIT).await.unwrap();
+    let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
+    link.subscribe(&filters, false, WAIT).await.unwrap();
+    link
+}

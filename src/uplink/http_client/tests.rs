@@ -1,3 +1,4 @@
+use super::answers::parse_retry_after;
 use super::*;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use rmcp::handler::server::{tool::Extension, wrapper::Parameters};

@@ -12,9 +12,9 @@ use edge_relay::outbox::{Outbox, OutboxConfig, OutboxStats};
 use edge_relay::relay::Relay;
 use edge_relay::sink::{SinkStore, serve_http_with};
 use edge_relay::status::StatusBoard;
-use edge_relay::uplink::SessionConfig;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::http_client::{HttpTimeouts, HyperHttpClient};
+use edge_relay::uplink::{EraChoice, SessionConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
@@ -129,6 +129,7 @@ pub async fn relay(dir: PathBuf, shared: SharedRef, schedule: Arc<Schedule>) -> 
         ingest_tool: INGEST_TOOL.into(),
         cursor_tool: CURSOR_TOOL.into(),
         request_timeout: timeouts.response_headers,
+        era: EraChoice::PreferCurrent,
     };
     let relay = Relay::new(
         outbox.clone(),

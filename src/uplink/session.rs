@@ -1,0 +1,263 @@
+//! One MCP client session (rmcp's client) in either era, and the two contract calls over it.
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use super::error::{service_error, start_error};
+use super::{CLOSE_TIMEOUT, EraChoice, SessionConfig, UplinkError};
+use crate::contract::{Ack, CLIENT_NAME, CursorArgs, IngestArgs};
+
+/// The relay's client parameters: `clientInfo.name = "edge-relay"` (DESIGN §2), no
+/// capabilities; `protocolVersion` is the newest `initialize` revision, for the legacy era.
+pub fn client_info() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new(CLIENT_NAME, env!("CARGO_PKG_VERSION")),
+    )
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+}
+
+/// What a session start agreed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The protocol version, e.g. `2026-07-28` or `2025-11-25`.
+    pub version: String,
+    /// True for the current era (MCP 2026-07-28 and later: `server/discover`, per-request
+    /// `_meta`, no session); false for the `initialize` era.
+    pub current_era: bool,
+    /// The server's `serverInfo` as `name version`.
+    pub server: String,
+}
+
+impl Negotiated {
+    /// `current` or `legacy`, with how that era starts.
+    pub fn era(&self) -> &'static str {
+        if self.current_era {
+            "current (server/discover, no session)"
+        } else {
+            "legacy (initialize, session)"
+        }
+    }
+}
+
+/// rmcp's lifecycle for `era`, and the revisions it offers (for error messages).
+fn lifecycle(era: EraChoice) -> (ClientLifecycleMode, Vec<ProtocolVersion>) {
+    let current = vec![ProtocolVersion::V_2026_07_28];
+    match era {
+        EraChoice::PreferCurrent => (
+            ClientLifecycleMode::Auto {
+                preferred_versions: current.clone(),
+                legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+            },
+            current,
+        ),
+        EraChoice::Current => (
+            ClientLifecycleMode::Discover {
+                preferred_versions: current.clone(),
+            },
+            current,
+        ),
+        EraChoice::Legacy => (
+            ClientLifecycleMode::Initialize,
+            vec![ProtocolVersion::LATEST_WITH_INITIALIZE],
+        ),
+    }
+}
+
+/// One open MCP client session. Dropping it abandons the session; prefer [`Session::close`].
+pub struct Session {
+    client: RunningService<RoleClient, ClientConfig>,
+    config: SessionConfig,
+    goodbye: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    /// Starts a session over `transport` in `config.era` (`server/discover` and/or
+    /// `initialize`, rmcp's client lifecycles), within the request timeout.
+    ///
+    /// # Errors
+    /// [`UplinkError::Timeout`], [`UplinkError::Unsupported`] (-32022: the server serves
+    /// none of the revisions offered) or [`UplinkError::Connect`].
+    pub async fn start<T, E, A>(transport: T, config: SessionConfig) -> Result<Self, UplinkError>
+    where
+        T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let timeout = config.request_timeout;
+        let (mode, asked) = lifecycle(config.era);
+        let start = client_info().serve_with_lifecycle(transport, mode);
+        let client = tokio::time::timeout(timeout, start)
+            .await
+            .map_err(|_| UplinkError::Timeout {
+                what: "the session start (server/discover or initialize)".into(),
+                after: timeout,
+            })?
+            .map_err(|e| start_error(e, &asked))?;
+        Ok(Self {
+            client,
+            config,
+            goodbye: None,
+        })
+    }
+
+    /// Makes [`Session::close`] wait (within [`CLOSE_TIMEOUT`]) for `task`, the transport's
+    /// own goodbye (MQTT: `notifications/disconnected` and DISCONNECT).
+    pub fn with_goodbye(mut self, task: JoinHandle<()>) -> Self {
+        self.goodbye = Some(task);
+        self
+    }
+
+    /// Server name and version (`serverInfo`), for logs.
+    pub fn server_name(&self) -> String {
+        self.client
+            .peer_info()
+            .and_then(|info| {
+                let imp = info.server_info.as_ref()?;
+                Some(format!("{} {}", imp.name, imp.version))
+            })
+            .unwrap_or_else(|| "unknown server".into())
+    }
+
+    /// The negotiated protocol version and era, and the server's name.
+    pub fn negotiated(&self) -> Negotiated {
+        let version = self.client.peer_info().map(|i| i.protocol_version.clone());
+        Negotiated {
+            current_era: version.as_ref().is_some_and(|v| !v.has_initialize()),
+            version: version.map_or_else(|| "unknown".into(), |v| v.to_string()),
+            server: self.server_name(),
+        }
+    }
+
+    /// `tools/list` (all pages), within the request timeout.
+    ///
+    /// # Errors
+    /// Any [`UplinkError`].
+    pub async fn list_tools(&self) -> Result<Vec<rmcp::model::Tool>, UplinkError> {
+        let timeout = self.config.request_timeout;
+        tokio::time::timeout(timeout, self.client.peer().list_all_tools())
+            .await
+            .map_err(|_| UplinkError::Timeout {
+                what: "the answer to tools/list".into(),
+                after: timeout,
+            })?
+            .map_err(|e| service_error("tools/list", e))
+    }
+
+    /// `edge_cursor`: the upstream's contiguous high-water mark for this stream.
+    ///
+    /// # Errors
+    /// Any [`UplinkError`].
+    pub async fn cursor(&self, args: &CursorArgs) -> Result<Ack, UplinkError> {
+        self.call(&self.config.cursor_tool, args).await
+    }
+
+    /// `edge_ingest`: delivers a batch; the answer's `acked_seq` is the only thing that may
+    /// advance the cursor (DESIGN §2).
+    ///
+    /// # Errors
+    /// Any [`UplinkError`]; after an error the batch may or may not be stored upstream.
+    pub async fn ingest(&self, args: &IngestArgs) -> Result<Ack, UplinkError> {
+        self.call(&self.config.ingest_tool, args).await
+    }
+
+    async fn call(&self, tool: &str, args: &impl Serialize) -> Result<Ack, UplinkError> {
+        let arguments = match serde_json::to_value(args) {
+            Ok(serde_json::Value::Object(map)) => map,
+            other => {
+                return Err(UplinkError::Malformed {
+                    tool: tool.into(),
+                    reason: format!("arguments did not encode as a JSON object: {other:?}"),
+                });
+            }
+        };
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let timeout = self.config.request_timeout;
+        let result = tokio::time::timeout(timeout, self.client.peer().call_tool(params))
+            .await
+            .map_err(|_| UplinkError::Timeout {
+                what: format!("the answer to {tool}"),
+                after: timeout,
+            })?
+            .map_err(|e| service_error(tool, e))?;
+        parse_ack(tool, result)
+    }
+
+    /// Ends the session politely within [`CLOSE_TIMEOUT`]: HTTP legacy era `DELETE` of the
+    /// session (the current era has none), MQTT `notifications/disconnected` and DISCONNECT.
+    pub async fn close(mut self) {
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        if let Err(e) = self.client.close_with_timeout(CLOSE_TIMEOUT).await {
+            log::debug!(error:% = e; "closing the upstream session");
+        }
+        if let Some(goodbye) = self.goodbye.take()
+            && tokio::time::timeout_at(deadline, goodbye).await.is_err()
+        {
+            log::warn!("the upstream session's goodbye did not finish within {CLOSE_TIMEOUT:?}");
+        }
+    }
+}
+
+/// Reads `{acked_seq, acked_id}` from a tool result.
+///
+/// # Errors
+/// [`UplinkError::Refused`] for `isError: true`; [`UplinkError::Malformed`] otherwise.
+pub fn parse_ack(tool: &str, result: CallToolResult) -> Result<Ack, UplinkError> {
+    let text = || {
+        result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if result.is_error == Some(true) {
+        return Err(UplinkError::Refused {
+            tool: tool.into(),
+            message: text(),
+        });
+    }
+    let value = result
+        .structured_content
+        .clone()
+        .ok_or_else(|| UplinkError::Malformed {
+            tool: tool.into(),
+            reason: format!("no structuredContent (text: {})", text()),
+        })?;
+    serde_json::from_value(value.clone()).map_err(|e| UplinkError::Malformed {
+        tool: tool.into(),
+        reason: format!("{e} in {value}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::ContentBlock;
+    use serde_json::json;
+
+    #[test]
+    fn reads_the_ack_and_refuses_broken_answers() {
+        let ok = CallToolResult::structured(json!({"acked_seq": 7, "acked_id": null}));
+        assert_eq!(parse_ack("t", ok).unwrap().cursor(), 7);
+        let null = CallToolResult::structured(json!({"acked_seq": null, "acked_id": null}));
+        assert_eq!(parse_ack("t", null).unwrap().acked_seq, None);
+
+        let refused = CallToolResult::error(vec![ContentBlock::text("disk full")]);
+        let err = parse_ack("edge_ingest", refused).unwrap_err();
+        assert!(matches!(err, UplinkError::Refused { .. }));
+        assert!(err.to_string().contains("disk full"), "{err}");
+
+        let text_only = CallToolResult::success(vec![ContentBlock::text("ok")]);
+        let err = parse_ack("edge_ingest", text_only).unwrap_err();
+        assert!(err.to_string().contains("no structuredContent"), "{err}");
+
+        let wrong = CallToolResult::structured(json!({"acked_seq": "seven"}));
+        let err = parse_ack("edge_ingest", wrong).unwrap_err();
+        assert!(matches!(err, UplinkError::Malformed { .. }), "{err}");
+    }
+}
