@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,43 +40,15 @@ pub(crate) async fn own_process(
     n: usize,
     upstream: SocketAddr,
 ) -> OwnProcess {
-    std::fs::create_dir_all(dir).expect("own-process dir");
-    let ingest_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("reserve a port");
-    let config = dir.join("edge-relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "gateway_id = \"bench-own\"\ndata_dir = {:?}\n[ingest.http]\nlisten = \
-             \"{ingest_addr}\"\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[buffer]\n\
-             max_bytes = {}\n[relay]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n",
-            dir.join("data").display().to_string(),
-            4u64 << 30
-        ),
-    )
-    .expect("write own-process config");
-    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-relay"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn edge-relay run");
+    let ingest_addr = reserve_port();
+    let extra = format!(
+        "[buffer]\nmax_bytes = {}\n[relay]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n",
+        4u64 << 30
+    );
+    let config = relay_config(dir, "bench-own", &ingest_addr.to_string(), upstream, &extra);
+    let mut relay = spawn_relay(&config);
     let pid = relay.id().expect("relay pid").to_string();
-    let deadline = Instant::now() + SINK_START_TIMEOUT;
-    while tokio::net::TcpStream::connect(ingest_addr).await.is_err() {
-        if let Some(status) = relay.try_wait().expect("relay status") {
-            panic!("edge-relay run exited at start: {status}");
-        }
-        assert!(Instant::now() < deadline, "edge-relay run did not listen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(&mut relay, ingest_addr, "edge-relay run").await;
 
     let mut peak_reset = reset_peak_rss(&pid);
     let written = write_bytes(&pid);

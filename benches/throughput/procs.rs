@@ -1,7 +1,7 @@
 //! The processes around the relay: the idle relay, the reference upstream, the drain to it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -28,33 +28,10 @@ pub(crate) async fn stop_child(child: &mut tokio::process::Child, what: &str) {
 /// RSS of `edge-relay run` (its own process) with an empty store and no upstream, after
 /// `settle`: (VmRSS then, VmHWM then) in MiB.
 pub(crate) async fn idle_rss(dir: &Path, settle: Duration) -> (f64, f64) {
-    std::fs::create_dir_all(dir).expect("idle dir");
     // Nothing listens on this port: the relay keeps retrying, as it does without an upstream.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("reserve a port");
-    let config = dir.join("edge-relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "gateway_id = \"bench-idle\"\ndata_dir = {:?}\n[ingest.http]\nlisten = \
-             \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{closed}/mcp\"\n",
-            dir.join("data").display().to_string()
-        ),
-    )
-    .expect("write idle config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-relay"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn edge-relay run");
+    let closed = reserve_port();
+    let config = relay_config(dir, "bench-idle", "127.0.0.1:0", closed, "");
+    let mut child = spawn_relay(&config);
     let pid = child.id().expect("relay pid").to_string();
     tokio::time::sleep(settle).await;
     if let Some(status) = child.try_wait().expect("relay status") {
@@ -66,6 +43,71 @@ pub(crate) async fn idle_rss(dir: &Path, settle: Duration) -> (f64, f64) {
     );
     stop_child(&mut child, "idle edge-relay run").await;
     rss
+}
+
+/// A loopback address nothing listens on now (bound, then released).
+pub(crate) fn reserve_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("reserve a port")
+}
+
+/// Writes `dir/edge-relay.toml` for a relay with its data in `dir/data`, ingest on `listen`,
+/// the upstream at `upstream`, and `extra` TOML appended; returns its path.
+pub(crate) fn relay_config(
+    dir: &Path,
+    gateway: &str,
+    listen: &str,
+    upstream: SocketAddr,
+    extra: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("relay dir");
+    let config = dir.join("edge-relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway_id = \"{gateway}\"\ndata_dir = {:?}\n[ingest.http]\nlisten = \
+             \"{listen}\"\n[upstream]\nurl = \"http://{upstream}/mcp\"\n{extra}",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .expect("write relay config");
+    config
+}
+
+/// Starts `edge-relay run --config CONFIG`, its output discarded.
+pub(crate) fn spawn_relay(config: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-relay"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn edge-relay run")
+}
+
+/// Waits until `child` accepts TCP connections on `addr` ([`SINK_START_TIMEOUT`] at most).
+pub(crate) async fn wait_listening(
+    child: &mut tokio::process::Child,
+    addr: SocketAddr,
+    what: &str,
+) {
+    let deadline = Instant::now() + SINK_START_TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = child.try_wait().expect("child status") {
+            panic!("{what} exited at start: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not accept connections on {addr} within {SINK_START_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Starts `edge-relay sink` on `addr` and waits until it accepts TCP connections.
@@ -82,17 +124,7 @@ pub(crate) async fn spawn_sink(addr: SocketAddr, dir: &Path) -> tokio::process::
         .kill_on_drop(true)
         .spawn()
         .expect("spawn edge-relay sink");
-    let deadline = Instant::now() + SINK_START_TIMEOUT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if let Some(status) = child.try_wait().expect("sink status") {
-            panic!("edge-relay sink exited at start: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "edge-relay sink did not accept connections on {addr} within {SINK_START_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(&mut child, addr, "edge-relay sink").await;
     child
 }
 
