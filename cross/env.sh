@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by cross/cross and cross/build-all: the settings `cross` runs with here.
 # The toolchain cross mounts into the container is pinned by its version: that of the host's
 # rustc unless CROSS_RUST_VERSION says otherwise (cross/build-all makes it known to rustup).
