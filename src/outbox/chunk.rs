@@ -218,7 +218,7 @@ impl Chunk {
                 reason: format!("unknown chunk version {version}"),
             });
         }
-        self.complete(HEADER_BYTES + body_len)?;
+        self.complete(HEADER_BYTES.saturating_add(body_len))?;
         Ok((count, body_len))
     }
 
@@ -253,7 +253,7 @@ impl Chunk {
         let (_, count, body_len) = self.fields(ZSTD_HEADER_BYTES)?;
         let h = &self.bytes[HEADER_BYTES..ZSTD_HEADER_BYTES];
         let packed_len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        self.complete(ZSTD_HEADER_BYTES + packed_len)?;
+        self.complete(ZSTD_HEADER_BYTES.saturating_add(packed_len))?;
         // A damaged `body_len` must not size an allocation: the buffer grows with what really
         // decompresses, read at most one byte past `body_len`, and the length is checked.
         let mut plain = Vec::with_capacity(HEADER_BYTES + body_len.min(PRESIZE_MAX_BYTES));
@@ -265,7 +265,7 @@ impl Chunk {
                 let mut bounded = std::io::Read::take(d, body_len as u64 + 1);
                 std::io::copy(&mut bounded, &mut plain).map(|_| ())
             });
-        if decoded.is_ok() && plain.len() != HEADER_BYTES + body_len {
+        if decoded.is_ok() && plain.len() - HEADER_BYTES != body_len {
             decoded = Err(std::io::Error::other(format!(
                 "{} bytes, the header says {body_len}",
                 plain.len() - HEADER_BYTES
