@@ -147,6 +147,16 @@ impl FsSync {
             .map_err(|e| sled::Error::Io(io::Error::other(format!("fsync task: {e}"))))??;
         Ok(())
     }
+
+    /// [`FsSync::flush`] for code outside a runtime or at open, on the calling thread.
+    ///
+    /// # Errors
+    /// As [`FsSync::flush`].
+    pub fn flush_blocking(&self, db: &sled::Db) -> sled::Result<()> {
+        db.flush()?;
+        self.inner.sync()?;
+        Ok(())
+    }
 }
 
 impl Inner {

@@ -136,6 +136,12 @@ pub fn stored_bytes(plain_len: usize) -> u64 {
     (plain_len + plain_len.div_ceil(PIECE_MAX_BYTES) * KEY_BYTES) as u64
 }
 
+/// The event count in a chunk's header, from its first bytes (its first piece is enough);
+/// `None` when fewer than the 5 bytes that hold it are given. Does not check the version.
+pub fn header_count(first_bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(first_bytes.get(1..5)?.try_into().ok()?))
+}
+
 /// Adds the pieces of `bytes` (a chunk starting at `first_seq`) to `batch`.
 pub fn put(batch: &mut sled::Batch, first_seq: u64, bytes: &[u8]) {
     for (n, piece) in bytes.chunks(PIECE_MAX_BYTES).enumerate() {
@@ -278,8 +284,9 @@ impl Chunk {
         Ok(plain)
     }
 
-    /// The chunk with its bytes in the plain encoding where they decompress.
-    fn unpack(mut self) -> Self {
+    /// The chunk with its bytes in the plain encoding where they decompress (a chunk that
+    /// does not decompress stays as read, and [`Chunk::events`] reports why).
+    pub fn unpack(mut self) -> Self {
         if self.bytes.first() == Some(&ZSTD)
             && let Ok(plain) = self.unpacked()
         {

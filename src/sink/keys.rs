@@ -3,17 +3,15 @@
 use uuid::Uuid;
 
 use crate::contract::Ack;
-use crate::sink::store::SinkError;
+use crate::sink::error::SinkError;
 
 // Design: three trees, written together by one sled transaction per ingest call:
 //   streams: stream uuid (16) ++ gateway (utf8) -> prefix u64 ++ mark u64 [++ acked id (16)]
-//   events:  prefix u64 ++ seq u64             -> the event as JSON, its first 4 KiB
-//            prefix u64 ++ seq u64 ++ piece u16 -> the next 4 KiB, piece = 1, 2, ... (events
-//            over `durable::MAX_VALUE_BYTES`: no sled value is large enough to become a blob,
-//            which sled never syncs; a store written before pieces holds whole events)
+//   runs:    prefix u64 ++ first_seq u64 ++ piece u16 -> a piece of a run of events (`runs`)
 //   gaps:    prefix u64 ++ dropped_from u64    -> dropped_to u64 (disjoint, non-touching ranges)
 // Integers are big-endian, so key order is seq order and one stream is one key range. `prefix`
-// is a sled-generated id per (gateway, stream): event keys stay 16 bytes whatever the gateway.
+// is a sled-generated id per (gateway, stream): keys stay short whatever the gateway. A store
+// of the first layout (a tree `events`, one key per event) is converted at open (`legacy`).
 
 /// The answer for a stream with nothing stored.
 pub(super) const NO_ACK: Ack = Ack {
@@ -40,37 +38,6 @@ pub(super) fn seq_key(prefix: u64, seq: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&prefix.to_be_bytes());
     key[8..].copy_from_slice(&seq.to_be_bytes());
     key
-}
-
-/// Adds `event` (encoded) at `key` (a [`seq_key`]) to `batch`, in pieces of at most
-/// `durable::MAX_VALUE_BYTES`: the first under `key`, the others under `key ++ piece`.
-pub(super) fn put_event(batch: &mut sled::Batch, key: &[u8; 16], event: &[u8]) {
-    for (n, piece) in event.chunks(crate::durable::MAX_VALUE_BYTES).enumerate() {
-        if n == 0 {
-            batch.insert(&key[..], piece);
-        } else {
-            batch.insert([&key[..], &(n as u16).to_be_bytes()].concat(), piece);
-        }
-    }
-}
-
-/// The encoded event at `key` (a [`seq_key`]), its pieces joined; `None` when absent.
-pub(super) fn get_event(tree: &sled::Tree, key: &[u8; 16]) -> sled::Result<Option<Vec<u8>>> {
-    let Some(first) = tree.get(key)? else {
-        return Ok(None);
-    };
-    let mut event = first.to_vec();
-    let rest = [&key[..], &1u16.to_be_bytes()].concat();
-    let end = [&key[..], &u16::MAX.to_be_bytes()].concat();
-    for item in tree.range(rest..=end) {
-        event.extend_from_slice(&item?.1);
-    }
-    Ok(Some(event))
-}
-
-/// Whether a key of the `events` tree is a continuation piece (not an event's first piece).
-pub(super) fn is_piece(key: &[u8]) -> bool {
-    key.len() == 18
 }
 
 /// The seq half of a [`seq_key`].
@@ -144,27 +111,6 @@ mod tests {
             ("gw-01".to_owned(), stream)
         );
         assert!(parse_stream_key(&key[..10]).is_err());
-    }
-
-    #[test]
-    fn a_large_event_is_stored_in_pieces_and_read_back_whole() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("events").unwrap();
-        let big: Vec<u8> = (0..3 * crate::durable::MAX_VALUE_BYTES + 7)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let mut batch = sled::Batch::default();
-        put_event(&mut batch, &seq_key(1, 5), &big);
-        put_event(&mut batch, &seq_key(1, 6), b"{}");
-        tree.apply_batch(batch).unwrap();
-        assert_eq!(get_event(&tree, &seq_key(1, 5)).unwrap(), Some(big));
-        assert_eq!(get_event(&tree, &seq_key(1, 6)).unwrap().unwrap(), b"{}");
-        assert_eq!(get_event(&tree, &seq_key(1, 7)).unwrap(), None);
-        assert!(
-            tree.iter()
-                .values()
-                .all(|v| v.unwrap().len() <= crate::durable::MAX_VALUE_BYTES)
-        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The reference upstream (DESIGN §2): an MCP server with `edge_ingest`/`edge_cursor` over its own sled store.
 
 pub mod era;
+mod error;
 mod keys;
+mod legacy;
 pub mod mqtt;
+mod runs;
 pub mod server;
 pub mod store;
 
