@@ -147,6 +147,12 @@ pub struct RelayConfig {
     pub batch_max_events: usize,
     /// Most encoded event bytes per call (one event always goes). Default 256 KiB.
     pub batch_max_bytes: usize,
+    /// Most `edge_ingest` calls outstanding at once (1 = stop-and-wait), 1..=64. Over HTTP
+    /// each takes its own pooled connection; over MQTT they share the session. Default 4.
+    pub max_in_flight: usize,
+    /// Send batches as `events_zstd` (zstd-compressed NDJSON) to an upstream whose ingest tool
+    /// lists it in its `inputSchema`; plain `events` to any other. Default true.
+    pub compress: bool,
     /// First reconnect delay, ms. Default 200.
     pub backoff_initial_ms: u64,
     /// Reconnect delay cap, ms. Default 30000.
@@ -239,6 +245,8 @@ impl Default for RelayConfig {
         Self {
             batch_max_events: 500,
             batch_max_bytes: 256 * 1024,
+            max_in_flight: 4,
+            compress: true,
             backoff_initial_ms: 200,
             backoff_max_ms: 30_000,
             request_timeout_ms: 10_000,
