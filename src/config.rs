@@ -375,6 +375,11 @@ mod tests {
         assert!(format!("{err:#}").contains("overflow"), "{err:#}");
         let err = Config::from_toml("[relay]\nbatch_max_events = 0\n").unwrap_err();
         assert!(format!("{err:#}").contains("batch_max_events"), "{err:#}");
+        for window in [0, 65] {
+            let err = Config::from_toml(&format!("[relay]\nmax_in_flight = {window}\n"));
+            let err = format!("{:#}", err.unwrap_err());
+            assert!(err.contains("max_in_flight must be in 1..=64"), "{err}");
+        }
         let err = Config::from_toml("[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("upstream.url"), "{err:#}");
     }

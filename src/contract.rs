@@ -94,7 +94,10 @@ impl IngestBatch {
         args.insert("gateway".into(), Value::String(self.gateway.clone()));
         args.insert("stream".into(), Value::String(self.stream.to_string()));
         let events = if packed && !self.ndjson.is_empty() {
-            args.insert(EVENTS_ZSTD.into(), Value::String(packed::pack(&self.ndjson)));
+            args.insert(
+                EVENTS_ZSTD.into(),
+                Value::String(packed::pack(&self.ndjson)),
+            );
             Vec::new()
         } else {
             serde_json::Deserializer::from_slice(&self.ndjson)

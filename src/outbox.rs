@@ -347,14 +347,19 @@ impl Outbox {
         let stats = self.stats();
         let mut out = Vec::new();
         let limits = (max_events, max_bytes);
-        self.walk_before(after.max(stats.acked_seq), stats.next_seq, limits, |seq, encoded| {
-            let event = serde_json::from_slice(encoded).map_err(|e| OutboxError::Corrupt {
-                seq,
-                reason: e.to_string(),
-            })?;
-            out.push(event);
-            Ok(())
-        })?;
+        self.walk_before(
+            after.max(stats.acked_seq),
+            stats.next_seq,
+            limits,
+            |seq, encoded| {
+                let event = serde_json::from_slice(encoded).map_err(|e| OutboxError::Corrupt {
+                    seq,
+                    reason: e.to_string(),
+                })?;
+                out.push(event);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -389,16 +394,21 @@ impl Outbox {
         let mut delivery = Delivery::default();
         let mut first_seq = None;
         let after = cursor.max(stats.acked_seq);
-        self.walk_before(after, durable_end, (max_events, max_bytes), |seq, encoded| {
-            if first_seq.is_some() {
-                delivery.ndjson.push(b'\n');
-            }
-            first_seq.get_or_insert(seq);
-            delivery.ndjson.extend_from_slice(encoded);
-            delivery.count += 1;
-            delivery.last_seq = Some(seq);
-            Ok(())
-        })?;
+        self.walk_before(
+            after,
+            durable_end,
+            (max_events, max_bytes),
+            |seq, encoded| {
+                if first_seq.is_some() {
+                    delivery.ndjson.push(b'\n');
+                }
+                first_seq.get_or_insert(seq);
+                delivery.ndjson.extend_from_slice(encoded);
+                delivery.count += 1;
+                delivery.last_seq = Some(seq);
+                Ok(())
+            },
+        )?;
         let gap_end = first_seq.map_or(durable_end.saturating_sub(1), |seq| seq - 1);
         delivery.gap = (gap_end > cursor).then_some(Gap {
             dropped_from: cursor + 1,

@@ -80,7 +80,12 @@ mod tests {
     fn packed_events_round_trip_smaller() {
         let plain = ndjson(100);
         let packed = pack(&plain);
-        assert!(packed.len() * 2 < plain.len(), "{} vs {}", packed.len(), plain.len());
+        assert!(
+            packed.len() * 2 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
         let events = unpack(&packed, MAX_UNPACKED_BYTES).unwrap();
         assert_eq!(events.len(), 100);
         assert!(events.iter().zip(1..).all(|(e, seq)| e.seq == seq));

@@ -170,12 +170,18 @@ impl Session {
     ///
     /// # Errors
     /// As [`Session::ingest`]; [`UplinkError::Malformed`] for a stored line that is not JSON.
-    pub async fn ingest_batch(&self, batch: &IngestBatch, packed: bool) -> Result<Ack, UplinkError> {
+    pub async fn ingest_batch(
+        &self,
+        batch: &IngestBatch,
+        packed: bool,
+    ) -> Result<Ack, UplinkError> {
         let tool = &self.config.ingest_tool;
-        let arguments = batch.arguments(packed).map_err(|e| UplinkError::Malformed {
-            tool: tool.clone(),
-            reason: format!("a stored event is not JSON: {e}"),
-        })?;
+        let arguments = batch
+            .arguments(packed)
+            .map_err(|e| UplinkError::Malformed {
+                tool: tool.clone(),
+                reason: format!("a stored event is not JSON: {e}"),
+            })?;
         self.call_with(tool, arguments).await
     }
 

@@ -5,6 +5,7 @@ pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
 pub mod process;
+pub mod recording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
