@@ -22,6 +22,7 @@
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
+//! - [`tls`]: rustls client configs from PEM files, the sink's HTTPS, TLS errors in words.
 //! - [`probe`]: `edge-relay probe`, the era and contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`heartbeat`]: progress heartbeats of the relay and writer loops, the watchdog's verdict.
@@ -53,6 +54,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -219,19 +221,27 @@ pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
         .as_deref()
         .map(Secret::from_file)
         .transpose()?;
+    let tls = upstream_tls(config);
     match config.upstream.transport {
         Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
             &config.upstream.url,
             token,
+            tls,
             config.relay.request_timeout(),
         )?)),
         Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
             &config.upstream.url,
             &config.upstream.server_name,
             token,
+            tls,
             &config.gateway_id,
         ))),
     }
+}
+
+/// The upstream's TLS settings (`[upstream.tls]`), for either transport.
+pub fn upstream_tls(config: &Config) -> tls::ClientTls {
+    tls::ClientTls::new("upstream.tls", config.upstream.tls.clone())
 }
 
 impl Daemon {

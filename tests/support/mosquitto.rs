@@ -132,6 +132,7 @@ pub async fn bystander(url: &str, filters: &[&str]) -> edge_relay::mqtt::link::L
     use edge_relay::mqtt::link::{Link, LinkOptions};
     let options = LinkOptions {
         url: url.to_owned(),
+        tls: None,
         client_id: format!("bystander-{}", uuid::Uuid::now_v7().simple()),
         component: None,
         meta: None,

@@ -1,0 +1,130 @@
+//! A TLS failure in words: which side is at fault and which setting or file to look at.
+
+use std::error::Error as StdError;
+use std::io;
+
+use rustls::{AlertDescription, CertificateError};
+
+use super::ClientTls;
+
+/// The first `rustls::Error` in `e`'s source chain, looking inside `io::Error`s too (whose
+/// `source()` skips the error they wrap).
+pub fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if found.is_some() {
+            return found;
+        }
+        next = e.source();
+    }
+    None
+}
+
+impl ClientTls {
+    /// `e` in words, e.g. "TLS: the server's certificate is not signed by a CA this client
+    /// trusts (upstream.tls.ca_file /etc/ca.pem) ...".
+    pub fn explain(&self, e: &rustls::Error) -> String {
+        let config = self.config();
+        let why = match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer => {
+                    let trusted = match (&config.ca_file, config.trusts_public_roots()) {
+                        (Some(ca), false) => format!("{} {}", self.key("ca_file"), ca.display()),
+                        (Some(ca), true) => format!(
+                            "{} {} and the public roots",
+                            self.key("ca_file"),
+                            ca.display()
+                        ),
+                        (None, _) => format!("the public roots; set {}", self.key("ca_file")),
+                    };
+                    format!(
+                        "server side: its certificate is not signed by a CA this client trusts \
+                         ({trusted})"
+                    )
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    let presented = match c {
+                        CertificateError::NotValidForNameContext {
+                            expected,
+                            presented,
+                        } => {
+                            format!(" {expected:?}; it names {}", presented.join(", "))
+                        }
+                        _ => String::new(),
+                    };
+                    format!(
+                        "server side: its certificate is not valid for the name asked for{presented} \
+                         (connect by a name it carries, or set {})",
+                        self.key("server_name")
+                    )
+                }
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "server side: its certificate has expired".to_owned()
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "server side: its certificate is not valid yet (or this clock is wrong)"
+                        .to_owned()
+                }
+                other => format!("server side: its certificate was refused: {other:?}"),
+            },
+            rustls::Error::AlertReceived(alert) if refuses_client_cert(*alert) => {
+                match &config.cert_file {
+                    None => format!(
+                        "client side: the server wants a client certificate ({alert:?}); set {} \
+                         and {}",
+                        self.key("cert_file"),
+                        self.key("key_file")
+                    ),
+                    Some(cert) => format!(
+                        "client side: the server refused the client certificate {} {} \
+                         ({alert:?}{})",
+                        self.key("cert_file"),
+                        cert.display(),
+                        if *alert == AlertDescription::CertificateExpired {
+                            ": it has expired"
+                        } else {
+                            ": is it signed by a CA the server trusts?"
+                        }
+                    ),
+                }
+            }
+            other => other.to_string(),
+        };
+        format!("TLS: {why}")
+    }
+
+    /// [`ClientTls::explain`] of the first rustls error in `e`'s chain, if there is one.
+    pub fn explain_chain(&self, e: &(dyn StdError + 'static)) -> Option<String> {
+        find_rustls(e).map(|r| self.explain(r))
+    }
+
+    /// `e`, or an `io::Error` of the same kind saying its TLS cause in words.
+    pub fn explain_io(&self, e: io::Error) -> io::Error {
+        match self.explain_chain(&e) {
+            Some(text) => io::Error::new(e.kind(), text),
+            None => e,
+        }
+    }
+}
+
+/// Alerts a server sends when it does not accept the client's certificate (RFC 8446 §6.2).
+fn refuses_client_cert(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied
+            | AlertDescription::CertificateRequired
+            | AlertDescription::DecryptError
+    )
+}
