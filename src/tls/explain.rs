@@ -7,22 +7,17 @@ use rustls::{AlertDescription, CertificateError};
 
 use super::ClientTls;
 
-/// The first `rustls::Error` in `e`'s source chain, looking inside `io::Error`s too (whose
-/// `source()` skips the error they wrap).
+/// The first `rustls::Error` in `e`'s source chain, looking inside (nested) `io::Error`s too,
+/// whose `source()` skips the error they wrap.
 pub fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if found.is_some() {
-            return found;
-        }
-        next = e.source();
+    if let Some(found) = e.downcast_ref::<rustls::Error>() {
+        return Some(found);
     }
-    None
+    let wrapped = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+    if let Some(found) = wrapped.and_then(|inner| find_rustls(inner)) {
+        return Some(found);
+    }
+    e.source().and_then(find_rustls)
 }
 
 impl ClientTls {
