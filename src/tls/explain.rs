@@ -49,7 +49,12 @@ impl ClientTls {
                             expected,
                             presented,
                         } => {
-                            format!(" {expected:?}; it names {}", presented.join(", "))
+                            // rustls shows the presented names as `DnsName("a.example")`.
+                            let names: Vec<&str> = presented
+                                .iter()
+                                .map(|p| p.split('"').nth(1).unwrap_or(p))
+                                .collect();
+                            format!(" {}; it names {}", expected.to_str(), names.join(", "))
                         }
                         _ => String::new(),
                     };
