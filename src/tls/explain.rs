@@ -101,7 +101,24 @@ impl ClientTls {
 
     /// [`ClientTls::explain`] of the first rustls error in `e`'s chain, if there is one.
     pub fn explain_chain(&self, e: &(dyn StdError + 'static)) -> Option<String> {
-        find_rustls(e).map(|r| self.explain(r))
+        if let Some(found) = find_rustls(e) {
+            return Some(self.explain(found));
+        }
+        // rumqttc keeps only the text of an I/O error met while decoding a packet
+        // (`mqttbytes::Error::Io(String)`), which is where TLS 1.3 delivers a server's alert
+        // refusing the client certificate: read the alert back from rustls's wording.
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            text = format!("{text}: {cause}");
+            next = cause.source();
+        }
+        let name = text.split("received fatal alert: ").nth(1)?;
+        let name = name.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+        let alert = (0..=u8::MAX)
+            .map(AlertDescription::from)
+            .find(|a| format!("{a:?}") == name)?;
+        Some(self.explain(&rustls::Error::AlertReceived(alert)))
     }
 
     /// `e`, or an `io::Error` of the same kind saying its TLS cause in words.
