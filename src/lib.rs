@@ -132,11 +132,15 @@ pub async fn start_watched(
         .await
         .with_context(|| format!("binding ingest.http.listen {}", config.ingest.http.listen))?;
     let ingest_addr = listener.local_addr()?;
+    let status = Arc::new(StatusBoard::default());
     let connector = match connector {
         Some(c) => c,
-        None => build_connector(&config)?,
+        None => {
+            let tls = upstream_tls(&config);
+            status.watch_client_cert(tls.clone());
+            build_connector_with(&config, tls)?
+        }
     };
-    let status = Arc::new(StatusBoard::default());
     status.set_stores_moved_aside(aside::list(&config.data_dir));
     let relay_beat = Heartbeat::new(
         "relay",
@@ -166,10 +170,11 @@ pub async fn start_watched(
                 .map(Secret::from_file)
                 .transpose()
                 .context("ingest.mqtt.password_file")?;
-            Some(
+            let ingest =
                 ingest::mqtt::IngestMqtt::new(outbox.clone(), &config.gateway_id, mqtt, password)
-                    .max_event_bytes(config.ingest.http.max_event_bytes),
-            )
+                    .max_event_bytes(config.ingest.http.max_event_bytes);
+            status.watch_client_cert(ingest.tls().clone());
+            Some(ingest)
         }
         None => None,
     };
@@ -215,13 +220,24 @@ pub async fn start_watched(
 /// # Errors
 /// The token file cannot be read or the TLS client cannot be built.
 pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
+    build_connector_with(config, upstream_tls(config))
+}
+
+/// As [`build_connector`], with the upstream's TLS settings given (whose clones share what
+/// its connections saw: the certificates for `/metrics` and `probe`).
+///
+/// # Errors
+/// As [`build_connector`].
+pub fn build_connector_with(
+    config: &Config,
+    tls: tls::ClientTls,
+) -> anyhow::Result<Box<dyn Connector>> {
     let token = config
         .upstream
         .token_file
         .as_deref()
         .map(Secret::from_file)
         .transpose()?;
-    let tls = upstream_tls(config);
     match config.upstream.transport {
         Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
             &config.upstream.url,

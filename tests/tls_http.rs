@@ -8,7 +8,8 @@ mod support;
 use std::path::Path;
 
 use edge_relay::Daemon;
-use edge_relay::config::TlsConfig;
+use edge_relay::config::{Config, TlsConfig};
+use edge_relay::local_client;
 use edge_relay::sink::Eras;
 use edge_relay::tls::server::ServerTls;
 use support::certs::{Ca, Leaf, Validity};
@@ -36,6 +37,16 @@ async fn relay_with(
     client: Option<&Leaf>,
     server_name: Option<&str>,
 ) -> Daemon {
+    start_relay(tls_config(dir, sink, ca, client, server_name)).await
+}
+
+fn tls_config(
+    dir: &Path,
+    sink: &Sink,
+    ca: &Path,
+    client: Option<&Leaf>,
+    server_name: Option<&str>,
+) -> Config {
     let mut config = relay_config(dir, &sink.url());
     config.upstream.tls = TlsConfig {
         ca_file: Some(ca.to_owned()),
@@ -44,7 +55,7 @@ async fn relay_with(
         server_name: server_name.map(str::to_owned),
         ..TlsConfig::default()
     };
-    start_relay(config).await
+    config
 }
 
 /// Nothing of the relay's stream reached the upstream and its cursor did not move.
@@ -82,9 +93,39 @@ async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certifica
     println!("without a client certificate: {e}");
     anonymous.stop().await;
 
-    let relay = relay(&pki.join("relay"), &sink, &ca.cert, Some(&device)).await;
+    let config = tls_config(&pki.join("relay"), &sink, &ca.cert, Some(&device), None);
+    let relay = start_relay(config.clone()).await;
     let mut sent = post_events(&relay, "imu", 300).await;
     drained(&relay).await;
+    // `/metrics` tells how long the presented client certificate has left (rcgen: until 4096).
+    let (code, metrics) = local_client::request(
+        relay.ingest_addr,
+        hyper::Method::GET,
+        "/metrics",
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let left: i64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("edge_relay_tls_client_cert_expiry_seconds{section=\"upstream.tls\"} ")
+        })
+        .unwrap_or_else(|| panic!("no client certificate expiry in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(left > 1_000 * 365 * 86_400, "{left}");
+    // `probe` names both certificates.
+    let probed = edge_relay::probe::probe(&config, None).await.unwrap();
+    assert!(
+        probed.contains("server certificate: CN=localhost, expires"),
+        "{probed}"
+    );
+    assert!(
+        probed.contains("client certificate: CN=gw-01, expires"),
+        "{probed}"
+    );
     // A new connection after the upstream restarts handshakes again.
     let sink = sink.restart().await;
     sent.extend(post_events(&relay, "imu", 200).await);

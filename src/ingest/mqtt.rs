@@ -135,6 +135,11 @@ impl IngestMqtt {
         log::info!("mqtt ingest stopped");
     }
 
+    /// The TLS settings of an `mqtts://` broker (`[ingest.mqtt.tls]`).
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
+    }
+
     /// One connection: connect, subscribe, commit-and-ack batches until an error or shutdown
     /// (`Ok`), then let the queued PUBACKs and a DISCONNECT go out.
     async fn session(
