@@ -12,7 +12,7 @@ use edge_relay::config::{Config, TlsConfig};
 use edge_relay::local_client;
 use edge_relay::sink::Eras;
 use edge_relay::tls::server::ServerTls;
-use support::certs::{Ca, Leaf, Validity};
+use support::certs::*;
 use support::*;
 
 /// A sink serving HTTPS with `server`, requiring client certificates of `client_ca` if given.
@@ -49,24 +49,13 @@ fn tls_config(
 ) -> Config {
     let mut config = relay_config(dir, &sink.url());
     config.upstream.tls = TlsConfig {
-        ca_file: Some(ca.to_owned()),
-        cert_file: client.map(|c| c.cert.clone()),
-        key_file: client.map(|c| c.key.clone()),
         server_name: server_name.map(str::to_owned),
-        ..TlsConfig::default()
+        ..client_tls(ca, client)
     };
     config
 }
 
 /// Nothing of the relay's stream reached the upstream and its cursor did not move.
-fn assert_nothing_delivered(sink: &Sink, relay: &Daemon) {
-    assert_eq!(relay.outbox.stats().acked_seq, 0, "the cursor moved");
-    assert!(
-        sink.events("test-gw", relay.outbox.stats().stream)
-            .is_empty(),
-        "the upstream stored events"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certificate_is_refused() {
@@ -80,16 +69,8 @@ async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certifica
     // Control: the sink does require a client certificate.
     let anonymous = relay(&pki.join("anonymous"), &sink, &ca.cert, None).await;
     post_events(&anonymous, "imu", 5).await;
-    let e = error_containing(
-        &anonymous,
-        &[
-            "client side",
-            "wants a client certificate",
-            "upstream.tls.cert_file",
-        ],
-    )
-    .await;
-    assert_nothing_delivered(&sink, &anonymous);
+    let e = error_containing(&anonymous, NO_CLIENT_CERT).await;
+    assert_nothing_delivered(&sink.store, &anonymous);
     println!("without a client certificate: {e}");
     anonymous.stop().await;
 
@@ -147,18 +128,10 @@ async fn an_unknown_ca_names_ca_file_and_delivers_nothing_until_the_right_ca_is_
     std::fs::copy(&other.cert, &trusted).unwrap();
     let relay = relay(&pki.join("relay"), &sink, &trusted, None).await;
     let sent = post_events(&relay, "imu", 20).await;
-    let e = error_containing(
-        &relay,
-        &[
-            "server side",
-            "not signed by a CA this client trusts",
-            "upstream.tls.ca_file",
-        ],
-    )
-    .await;
+    let e = error_containing(&relay, UNKNOWN_CA).await;
     assert!(e.contains(&trusted.display().to_string()), "{e}");
     println!("unknown CA: {e}");
-    assert_nothing_delivered(&sink, &relay);
+    assert_nothing_delivered(&sink.store, &relay);
     // Control: the same relay, the right CA written over the file, delivers (no restart).
     std::fs::copy(&ca.cert, &trusted).unwrap();
     drained(&relay).await;
@@ -187,7 +160,7 @@ async fn a_name_mismatch_names_server_name_and_the_override_delivers() {
     .await;
     assert!(e.contains("upstream.fleet.example"), "{e}");
     println!("name mismatch: {e}");
-    assert_nothing_delivered(&sink, &by_ip);
+    assert_nothing_delivered(&sink.store, &by_ip);
     by_ip.stop().await;
     // Control: the name the certificate carries, set as `server_name`.
     let named = relay_with(
@@ -215,19 +188,10 @@ async fn an_expired_client_certificate_is_refused_and_a_rotated_one_is_used_with
     let sink = https_sink(&pki.join("sink"), &server, Some(&ca.cert)).await;
     let relay = relay(&pki.join("relay"), &sink, &ca.cert, Some(&device)).await;
     let sent = post_events(&relay, "imu", 20).await;
-    let e = error_containing(
-        &relay,
-        &[
-            "client side",
-            "refused the client certificate",
-            "upstream.tls.cert_file",
-            "expired",
-        ],
-    )
-    .await;
+    let e = error_containing(&relay, CLIENT_CERT_REFUSED).await;
     assert!(e.contains(&device.cert.display().to_string()), "{e}");
     println!("expired client certificate: {e}");
-    assert_nothing_delivered(&sink, &relay);
+    assert_nothing_delivered(&sink.store, &relay);
     // Control: a renewed certificate written over the same files is used by the next connection.
     ca.client(pki, "renewed", "gw-01", Validity::Current)
         .install_as(&device);

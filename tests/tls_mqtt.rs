@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edge_relay::Daemon;
-use edge_relay::config::{MqttIngestConfig, TlsConfig};
+use edge_relay::config::MqttIngestConfig;
 use edge_relay::sink::{Eras, SinkStore};
 use edge_relay::tls::ClientTls;
 use serde_json::json;
-use support::certs::{Ca, Leaf, Validity};
+use support::certs::*;
 use support::mcp_mqtt::{MqttSink, relay_config_mqtt};
 use support::mosquitto::{Mosquitto, publish_qos1_tls, wait_subscribed_tls};
 use support::*;
@@ -49,24 +49,6 @@ impl Fleet {
     }
 }
 
-fn client_tls(ca: &Path, client: Option<&Leaf>) -> TlsConfig {
-    TlsConfig {
-        ca_file: Some(ca.to_owned()),
-        cert_file: client.map(|c| c.cert.clone()),
-        key_file: client.map(|c| c.key.clone()),
-        ..TlsConfig::default()
-    }
-}
-
-fn assert_nothing_delivered(store: &SinkStore, relay: &Daemon) {
-    assert_eq!(relay.outbox.stats().acked_seq, 0, "the cursor moved");
-    let stream = relay.outbox.stats().stream;
-    assert!(
-        store.events("test-gw", stream).unwrap().is_empty(),
-        "the upstream stored events"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_upstream_over_mqtts_with_client_certificates_deliver_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -77,7 +59,7 @@ async fn relay_and_upstream_over_mqtts_with_client_certificates_deliver_exactly_
         .relay(&pki.join("anonymous"), &fleet.ca.cert, None)
         .await;
     post_events(&anonymous, "imu", 5).await;
-    let e = error_containing(&anonymous, &["client side", "upstream.tls.cert_file"]).await;
+    let e = error_containing(&anonymous, NO_CLIENT_CERT).await;
     println!("without a client certificate: {e}");
     assert_nothing_delivered(&fleet.sink.store, &anonymous);
     anonymous.stop().await;
@@ -156,15 +138,7 @@ async fn an_unknown_broker_ca_is_named_and_nothing_advances_until_the_right_ca_i
         .relay(&pki.join("relay"), &trusted, Some(&device))
         .await;
     let sent = post_events(&relay, "imu", 20).await;
-    let e = error_containing(
-        &relay,
-        &[
-            "server side",
-            "not signed by a CA this client trusts",
-            "upstream.tls.ca_file",
-        ],
-    )
-    .await;
+    let e = error_containing(&relay, UNKNOWN_CA).await;
     println!("unknown broker CA: {e}");
     assert_nothing_delivered(&fleet.sink.store, &relay);
     // Control: the right CA written over the file is used by the next connection.
@@ -185,17 +159,8 @@ async fn an_expired_device_certificate_is_refused_by_the_broker_and_a_rotated_on
         .relay(&pki.join("relay"), &fleet.ca.cert, Some(&device))
         .await;
     let sent = post_events(&relay, "imu", 20).await;
-    let e = error_containing(
-        &relay,
-        &[
-            "client side",
-            "refused the client certificate",
-            "upstream.tls.cert_file",
-        ],
-    )
-    .await;
+    let e = error_containing(&relay, CLIENT_CERT_REFUSED).await;
     println!("expired device certificate: {e}");
-    assert!(e.contains("expired"), "{e}");
     assert_nothing_delivered(&fleet.sink.store, &relay);
     // Control: a renewed certificate rotated on disk, no restart.
     fleet

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edge_relay::config::TlsConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, date_time_ymd,
@@ -107,5 +108,35 @@ impl Leaf {
             std::fs::copy(from, &tmp).unwrap();
             std::fs::rename(&tmp, to).unwrap();
         }
+    }
+}
+
+/// What `last_error` says of a server certificate of an unknown CA (`upstream.tls`).
+pub const UNKNOWN_CA: &[&str] = &[
+    "server side",
+    "not signed by a CA this client trusts",
+    "upstream.tls.ca_file",
+];
+/// ... of a server that refused the relay's (expired) client certificate.
+pub const CLIENT_CERT_REFUSED: &[&str] = &[
+    "client side",
+    "refused the client certificate",
+    "upstream.tls.cert_file",
+    "expired",
+];
+/// ... of a server that wants a client certificate the relay does not have.
+pub const NO_CLIENT_CERT: &[&str] = &[
+    "client side",
+    "wants a client certificate",
+    "upstream.tls.cert_file",
+];
+
+/// TLS settings trusting only `ca`, presenting `client` if given.
+pub fn client_tls(ca: &Path, client: Option<&Leaf>) -> TlsConfig {
+    TlsConfig {
+        ca_file: Some(ca.to_owned()),
+        cert_file: client.map(|c| c.cert.clone()),
+        key_file: client.map(|c| c.key.clone()),
+        ..TlsConfig::default()
     }
 }

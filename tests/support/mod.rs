@@ -263,3 +263,13 @@ pub fn assert_stored_exactly_once(store: &SinkStore, relay: &Daemon, sent: &[(u6
         "exactly the accepted events, once each, in order"
     );
 }
+
+/// Nothing of the relay's stream reached `store` and its cursor did not move.
+pub fn assert_nothing_delivered(store: &SinkStore, relay: &Daemon) {
+    assert_eq!(relay.outbox.stats().acked_seq, 0, "the cursor moved");
+    let stream = relay.outbox.stats().stream;
+    assert!(
+        store.events("test-gw", stream).unwrap().is_empty(),
+        "the upstream stored events"
+    );
+}
