@@ -145,3 +145,43 @@ fn refuses_client_cert(alert: AlertDescription) -> bool {
             | AlertDescription::DecryptError
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsConfig;
+
+    fn device() -> ClientTls {
+        let config = TlsConfig {
+            cert_file: Some("/etc/edge-relay/device.pem".into()),
+            key_file: Some("/etc/edge-relay/device.key".into()),
+            ..TlsConfig::default()
+        };
+        ClientTls::new("upstream.tls", config)
+    }
+
+    #[test]
+    fn finds_rustls_errors_inside_nested_io_errors() {
+        let expired = rustls::Error::AlertReceived(AlertDescription::CertificateExpired);
+        let nested = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, expired));
+        let text = device().explain_chain(&nested).unwrap();
+        assert_eq!(
+            text,
+            "TLS: client side: the server refused the client certificate upstream.tls.cert_file \
+             /etc/edge-relay/device.pem (CertificateExpired: it has expired)"
+        );
+        assert!(device().explain_chain(&io::Error::other("reset")).is_none());
+    }
+
+    #[test]
+    fn reads_an_alert_kept_only_as_text() {
+        // rumqttc: `Mqtt state: ...: IO: received fatal alert: CertificateRequired`.
+        let e = io::Error::other("IO: received fatal alert: CertificateRequired");
+        let tls = ClientTls::new("--mqtt", TlsConfig::default());
+        assert_eq!(
+            tls.explain_chain(&e).unwrap(),
+            "TLS: client side: the server wants a client certificate (CertificateRequired); set \
+             --mqtt-cert and --mqtt-key"
+        );
+    }
+}

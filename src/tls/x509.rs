@@ -143,6 +143,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_subject_and_expiry_of_a_real_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec!["gw-01.fleet".to_owned()]).unwrap();
+        let dn = &mut params.distinguished_name;
+        dn.push(rcgen::DnType::CommonName, "gw-01");
+        dn.push(rcgen::DnType::OrganizationName, "Fleet");
+        params.not_after = rcgen::date_time_ymd(2031, 6, 30);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let read = summary(cert.der()).unwrap();
+        assert_eq!(read.subject, "CN=gw-01, O=Fleet");
+        assert_eq!(read.not_after, 1_940_544_000);
+        assert_eq!(format_time(read.not_after), "Mon, 30 Jun 2031 00:00:00 GMT");
+        // Past 2049 the time is a GeneralizedTime (rcgen's default end: year 4096).
+        let far = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap();
+        let far = far.self_signed(&key).unwrap();
+        assert_eq!(summary(far.der()).unwrap().not_after, 67_090_118_400);
+    }
+
+    #[test]
     fn not_a_certificate() {
         assert_eq!(summary(&CertificateDer::from(vec![0x30, 0x03, 1, 2])), None);
         assert_eq!(summary(&CertificateDer::from(Vec::new())), None);
