@@ -44,7 +44,7 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttIngestConfig {
-    /// Broker, `mqtt://host[:port]`. Default `mqtt://127.0.0.1:1883`.
+    /// Broker, `mqtt://host[:port]` or `mqtts://host[:port]`. Default `mqtt://127.0.0.1:1883`.
     pub url: String,
     /// Topic filters to subscribe to (QoS 1). Default `["sensors/#"]`.
     pub topics: Vec<String>,

@@ -100,7 +100,7 @@ enum Command {
         /// Directory of the sink's own sled store.
         #[arg(long, default_value = "./edge-relay-sink-data")]
         data_dir: PathBuf,
-        /// Also serve over MCP over MQTT through this broker (mqtt://host[:port]).
+        /// Also serve over MCP over MQTT through this broker (mqtt://host[:port] or mqtts://...).
         #[arg(long)]
         mqtt: Option<String>,
         /// server-name announced over MQTT.

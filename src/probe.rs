@@ -30,11 +30,13 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         .connect(session_config.clone())
         .await
         .with_context(|| {
-            format!(
-                "connecting to {}{}",
-                connector.describe(),
-                certificates(&tls)
-            )
+            let seen = certificates(&tls);
+            let seen = if seen.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", seen.join("; "))
+            };
+            format!("connecting to {}{seen}", connector.describe())
         })?;
     let negotiated = session.negotiated();
     let _ = writeln!(
@@ -45,7 +47,9 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         negotiated.era(),
         negotiated.version
     );
-    out.push_str(certificates(&tls).trim_start_matches('\n'));
+    for line in certificates(&tls) {
+        let _ = writeln!(out, "{line}");
+    }
     let diagnosis = Diagnosis::of_session(&session, &session_config).await;
     let cursor = match (&diagnosis, stream) {
         (Ok(d), Some(stream)) if d.problems.is_empty() => {
@@ -90,22 +94,25 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
     }
 }
 
-/// `\nserver certificate: ...\nclient certificate: ...` once a TLS handshake was tried; empty
-/// before (plain HTTP or MQTT).
-fn certificates(tls: &ClientTls) -> String {
+/// `["server certificate: ...", "client certificate: ..."]` once a TLS handshake was tried;
+/// empty before (plain HTTP or MQTT).
+fn certificates(tls: &ClientTls) -> Vec<String> {
     let Some(server) = tls.server_cert() else {
-        return String::new();
+        return Vec::new();
     };
     let client = match tls.client_cert() {
         Ok(Some(c)) => format!("{}, expires {}", c.subject, x509::format_time(c.not_after)),
         Ok(None) => format!("none ({}.cert_file unset)", tls.section()),
         Err(e) => e.to_string(),
     };
-    format!(
-        "\nserver certificate: {}, expires {}\nclient certificate: {client}\n",
-        server.subject,
-        x509::format_time(server.not_after)
-    )
+    vec![
+        format!(
+            "server certificate: {}, expires {}",
+            server.subject,
+            x509::format_time(server.not_after)
+        ),
+        format!("client certificate: {client}"),
+    ]
 }
 
 /// Whether the server also serves the era not negotiated: a second session start forced to
