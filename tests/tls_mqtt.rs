@@ -15,7 +15,7 @@ use edge_relay::sink::{Eras, SinkStore};
 use edge_relay::tls::ClientTls;
 use serde_json::json;
 use support::certs::*;
-use support::mcp_mqtt::{MqttSink, relay_config_mqtt};
+use support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
 use support::mosquitto::{Mosquitto, publish_qos1_tls, wait_subscribed_tls};
 use support::*;
 use uuid::Uuid;
@@ -171,4 +171,53 @@ async fn an_expired_device_certificate_is_refused_by_the_broker_and_a_rotated_on
     assert_stored_exactly_once(&fleet.sink.store, &relay, &sent);
     relay.stop().await;
     fleet.sink.stop().await;
+}
+
+/// The `edge-relay sink` binary with its TLS flags: HTTPS requiring client certificates
+/// (`--tls-cert`, `--tls-key`, `--client-ca`) and its broker over `mqtts://` (`--mqtt-ca`,
+/// `--mqtt-cert`, `--mqtt-key`); one relay reaches it over each, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_binary_serves_https_and_mqtts_with_its_tls_flags() {
+    use support::process::{BINARY, child_command, free_port, sigterm, spawn_listening, wait_exit};
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path();
+    let ca = Ca::new(pki, "fleet");
+    let broker_leaf = ca.server(pki, "broker", &["127.0.0.1"]);
+    let broker = Mosquitto::start_tls(&ca.cert, &broker_leaf).await;
+    let web = ca.server(pki, "web", &["127.0.0.1"]);
+    let upstream = ca.client(pki, "upstream", "upstream", Validity::Current);
+    let listen = free_port();
+    let mut cmd = child_command(BINARY, "warn");
+    cmd.arg("sink")
+        .args(["--listen", &listen.to_string()])
+        .arg("--data-dir")
+        .arg(pki.join("sink"))
+        .args(["--tls-cert", &web.cert.display().to_string()])
+        .args(["--tls-key", &web.key.display().to_string()])
+        .args(["--client-ca", &ca.cert.display().to_string()])
+        .args(["--mqtt", &broker.tls_url(), "--server-name", SERVER_NAME])
+        .args(["--mqtt-ca", &ca.cert.display().to_string()])
+        .args(["--mqtt-cert", &upstream.cert.display().to_string()])
+        .args(["--mqtt-key", &upstream.key.display().to_string()]);
+    let mut sink = spawn_listening(&mut cmd, listen, "edge-relay sink").await;
+
+    let device = ca.client(pki, "device", "gw-01", Validity::Current);
+    let mut https = relay_config(&pki.join("over-https"), &format!("https://{listen}/mcp"));
+    https.upstream.tls = client_tls(&ca.cert, Some(&device));
+    let over_https = start_relay(https).await;
+    let mut mqtts = relay_config_mqtt(&pki.join("over-mqtts"), &broker.tls_url());
+    mqtts.upstream.tls = client_tls(&ca.cert, Some(&device));
+    let over_mqtts = start_relay(mqtts).await;
+    let sent_https = post_events(&over_https, "imu", 100).await;
+    let sent_mqtts = post_events(&over_mqtts, "imu", 100).await;
+    drained(&over_https).await;
+    drained(&over_mqtts).await;
+    let streams = [&over_https, &over_mqtts].map(|r| r.outbox.stats().stream);
+    over_https.stop().await;
+    over_mqtts.stop().await;
+    sigterm(&sink);
+    assert!(wait_exit(&mut sink, WAIT).await.0.success());
+    let store = SinkStore::open(&pki.join("sink")).unwrap();
+    assert_stream_holds(&store, streams[0], &sent_https);
+    assert_stream_holds(&store, streams[1], &sent_mqtts);
 }

@@ -254,9 +254,13 @@ pub async fn post_events(relay: &Daemon, source: &str, n: u64) -> Vec<(u64, Uuid
 
 /// The ids the upstream stored for this relay's stream, in seq order, are exactly `sent`'s.
 pub fn assert_stored_exactly_once(store: &SinkStore, relay: &Daemon, sent: &[(u64, Uuid)]) {
-    let stored = store
-        .events("test-gw", relay.outbox.stats().stream)
-        .unwrap();
+    assert_stream_holds(store, relay.outbox.stats().stream, sent);
+}
+
+/// The ids the upstream stored for `stream` of gateway `test-gw`, in seq order, are exactly
+/// `sent`'s.
+pub fn assert_stream_holds(store: &SinkStore, stream: Uuid, sent: &[(u64, Uuid)]) {
+    let stored = store.events("test-gw", stream).unwrap();
     let got: Vec<(u64, Uuid)> = stored.iter().map(|e| (e.seq, e.id)).collect();
     assert_eq!(
         got, sent,
