@@ -22,6 +22,7 @@
 //! - [`sink`]: the reference upstream (rmcp server + its sled store).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
+//! - [`tls`]: rustls client configs from PEM files, the sink's HTTPS, TLS errors in words.
 //! - [`probe`]: `edge-relay probe`, the era and contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`heartbeat`]: progress heartbeats of the relay and writer loops, the watchdog's verdict.
@@ -53,6 +54,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -130,11 +132,15 @@ pub async fn start_watched(
         .await
         .with_context(|| format!("binding ingest.http.listen {}", config.ingest.http.listen))?;
     let ingest_addr = listener.local_addr()?;
+    let status = Arc::new(StatusBoard::default());
     let connector = match connector {
         Some(c) => c,
-        None => build_connector(&config)?,
+        None => {
+            let tls = upstream_tls(&config);
+            status.watch_client_cert(tls.clone());
+            build_connector_with(&config, tls)?
+        }
     };
-    let status = Arc::new(StatusBoard::default());
     status.set_stores_moved_aside(aside::list(&config.data_dir));
     let relay_beat = Heartbeat::new(
         "relay",
@@ -164,10 +170,11 @@ pub async fn start_watched(
                 .map(Secret::from_file)
                 .transpose()
                 .context("ingest.mqtt.password_file")?;
-            Some(
+            let ingest =
                 ingest::mqtt::IngestMqtt::new(outbox.clone(), &config.gateway_id, mqtt, password)
-                    .max_event_bytes(config.ingest.http.max_event_bytes),
-            )
+                    .max_event_bytes(config.ingest.http.max_event_bytes);
+            status.watch_client_cert(ingest.tls().clone());
+            Some(ingest)
         }
         None => None,
     };
@@ -213,6 +220,18 @@ pub async fn start_watched(
 /// # Errors
 /// The token file cannot be read or the TLS client cannot be built.
 pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
+    build_connector_with(config, upstream_tls(config))
+}
+
+/// As [`build_connector`], with the upstream's TLS settings given (whose clones share what
+/// its connections saw: the certificates for `/metrics` and `probe`).
+///
+/// # Errors
+/// As [`build_connector`].
+pub fn build_connector_with(
+    config: &Config,
+    tls: tls::ClientTls,
+) -> anyhow::Result<Box<dyn Connector>> {
     let token = config
         .upstream
         .token_file
@@ -223,15 +242,22 @@ pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
         Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
             &config.upstream.url,
             token,
+            tls,
             config.relay.request_timeout(),
         )?)),
         Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
             &config.upstream.url,
             &config.upstream.server_name,
             token,
+            tls,
             &config.gateway_id,
         ))),
     }
+}
+
+/// The upstream's TLS settings (`[upstream.tls]`), for either transport.
+pub fn upstream_tls(config: &Config) -> tls::ClientTls {
+    tls::ClientTls::new("upstream.tls", config.upstream.tls.clone())
 }
 
 impl Daemon {

@@ -10,7 +10,7 @@ pub mod server;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -20,20 +20,45 @@ pub use era::Eras;
 pub use server::{HttpOptions, SinkService, serve_http, serve_http_options, serve_http_with};
 pub use store::{SinkError, SinkStore};
 
+use crate::tls::ClientTls;
+use crate::tls::server::{ServerTls, TlsListener};
+
+/// What `edge-relay sink` serves, and where.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// HTTP(S) listen address.
+    pub listen: SocketAddr,
+    /// Directory of the sink's sled store (created if missing).
+    pub data_dir: PathBuf,
+    /// Also serve over MCP over MQTT through this broker.
+    pub mqtt: Option<mqtt::MqttServe>,
+    /// TLS settings for an `mqtts://` broker (`--mqtt-ca`, `--mqtt-cert`, `--mqtt-key`).
+    pub mqtt_tls: Option<ClientTls>,
+    /// MCP revisions served.
+    pub eras: Eras,
+    /// Serve HTTPS with these files instead of plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
 /// `edge-relay sink`: opens (creating if needed) the store in `data_dir`, binds `listen` and
-/// serves the MCP endpoint at `http://{listen}/mcp` until `shutdown`; with `mqtt`, also serves
-/// the same tools and store over MCP over MQTT. Both serve the MCP revisions of `eras`.
+/// serves the MCP endpoint at `http://{listen}/mcp` (`https://` with `tls`) until `shutdown`;
+/// with `mqtt`, also serves the same tools and store over MCP over MQTT. Both serve the MCP
+/// revisions of `eras`.
 ///
 /// # Errors
 /// The data dir cannot be created or opened (e.g. another sink holds it), the address cannot
-/// be bound, or [`serve_http`] fails.
-pub async fn run(
-    listen: SocketAddr,
-    data_dir: &Path,
-    mqtt: Option<mqtt::MqttServe>,
-    eras: Eras,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// be bound, a TLS file is unusable, or [`serve_http`] fails.
+pub async fn run(options: SinkOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let SinkOptions {
+        listen,
+        data_dir,
+        mqtt,
+        mqtt_tls,
+        eras,
+        tls,
+    } = options;
+    let data_dir = data_dir.as_path();
+    let server_tls = tls.as_ref().map(ServerTls::load).transpose()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating sink data dir {}", data_dir.display()))?;
     let store = Arc::new(SinkStore::open(data_dir)?);
@@ -43,14 +68,23 @@ pub async fn run(
     let streams = store.streams()?.len();
     log::info!(streams = streams; "sink store open in {}", data_dir.display());
     let over_mqtt = mqtt.map(|opts| {
-        let serve = mqtt::serve_mqtt_eras(opts, eras, store.clone(), shutdown.clone());
+        let serve = mqtt::serve_mqtt_tls(opts, mqtt_tls, eras, store.clone(), shutdown.clone());
         tokio::spawn(serve)
     });
     let options = HttpOptions {
         eras,
         ..HttpOptions::default()
     };
-    serve_http_options(listener, store, shutdown, options).await?;
+    match server_tls {
+        Some(config) => {
+            let client_certs = tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+            log::info!(client_certificates_required = client_certs;
+                "sink: TLS on; the MCP endpoint is https://{listen}{}", server::MCP_PATH);
+            let listener = TlsListener::new(listener, config);
+            serve_http_options(listener, store, shutdown, options).await?;
+        }
+        None => serve_http_options(listener, store, shutdown, options).await?,
+    }
     if let Some(task) = over_mqtt {
         task.await??;
     }

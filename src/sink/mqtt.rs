@@ -22,6 +22,7 @@ use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
 use crate::mqtt::transport::{Inbox, MqttTransport};
 use crate::relay::backoff::Backoff;
+use crate::tls::ClientTls;
 
 /// Timeout of CONNACK and SUBACK waits.
 pub const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +32,7 @@ pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration:
 /// How the sink appears on the broker.
 #[derive(Debug, Clone)]
 pub struct MqttServe {
-    /// Broker, `mqtt://host[:port]`.
+    /// Broker, `mqtt://host[:port]` or `mqtts://host[:port]`.
     pub url: String,
     /// server-name, e.g. `edge/ingest` (a broker-suggested `MCP-SERVER-NAME` wins).
     pub server_name: String,
@@ -72,6 +73,21 @@ pub async fn serve_mqtt_eras(
     store: Arc<SinkStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_mqtt_tls(opts, None, eras, store, shutdown).await
+}
+
+/// [`serve_mqtt_eras`] with TLS settings for an `mqtts://` broker (read at each connect;
+/// `None`: the public roots, no client certificate).
+///
+/// # Errors
+/// As [`serve_mqtt`].
+pub async fn serve_mqtt_tls(
+    opts: MqttServe,
+    tls: Option<ClientTls>,
+    eras: Eras,
+    store: Arc<SinkStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         topics::valid_server_name(&opts.server_name),
         "bad server name {:?}: use a hierarchical name like edge/ingest",
@@ -82,7 +98,7 @@ pub async fn serve_mqtt_eras(
     let service = SinkService::new(store).with_eras(eras);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        let err = match serve_once(&opts, &name, &service, &shutdown).await {
+        let err = match serve_once(&opts, tls.as_ref(), &name, &service, &shutdown).await {
             Ok(None) => return Ok(()),
             Ok(Some(suggested)) => {
                 log::info!(server_name = suggested.as_str(); "sink: the broker suggested a server name; reconnecting with it");
@@ -90,7 +106,9 @@ pub async fn serve_mqtt_eras(
                 continue;
             }
             Err(MqttError::Url(u)) => {
-                anyhow::bail!("bad MQTT URL {u:?}: expected mqtt://host[:port]")
+                anyhow::bail!(
+                    "bad MQTT URL {u:?}: expected mqtt://host[:port] or mqtts://host[:port]"
+                )
             }
             Err(e) => e,
         };
@@ -109,6 +127,7 @@ pub async fn serve_mqtt_eras(
 /// broker-suggested name; `Err`: the connection failed or was lost.
 async fn serve_once(
     opts: &MqttServe,
+    tls: Option<&ClientTls>,
     name: &str,
     service: &SinkService,
     shutdown: &CancellationToken,
@@ -118,6 +137,7 @@ async fn serve_once(
     let mut link = Link::connect(
         LinkOptions {
             url: opts.url.clone(),
+            tls: tls.cloned(),
             client_id: server_id.clone(),
             component: Some(topics::SERVER),
             meta: Some(
