@@ -20,7 +20,7 @@ use super::store::SinkStore;
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
-use crate::mqtt::transport::{Inbox, MqttTransport};
+use crate::mqtt::transport::{Inbox, MqttTransport, is_disconnected};
 use crate::relay::backoff::Backoff;
 use crate::tls::ClientTls;
 
@@ -236,11 +236,6 @@ fn sender_id(publish: &Publish) -> Option<String> {
         return None;
     }
     id
-}
-
-fn is_disconnected(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v["method"] == "notifications/disconnected")
 }
 
 /// Subscribes to the client's RPC (No Local), presence and capability topics before answering

@@ -15,7 +15,7 @@ use super::{Session, SessionConfig, UplinkError};
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
-use crate::mqtt::transport::{Inbox, MqttTransport};
+use crate::mqtt::transport::{Inbox, MqttTransport, has_method, is_disconnected};
 use crate::relay::Connector;
 use crate::tls::ClientTls;
 
@@ -167,13 +167,7 @@ pub async fn discover(link: &mut Link, timeout: Duration) -> Vec<ServerPresence>
 
 /// A presence payload is `notifications/server/online`; an empty one means offline.
 fn is_online(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v["method"] == "notifications/server/online")
-}
-
-fn is_disconnected(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v["method"] == "notifications/disconnected")
+    has_method(payload, "notifications/server/online")
 }
 
 /// Feeds the session from the link until the transport closes, the server goes offline (empty
