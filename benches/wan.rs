@@ -1,9 +1,9 @@
 //! The drain over a cellular-like link: `edge-relay run` (its own process) filled with N
 //! Daphnet events, then drained to the reference upstream (its own process) through an
 //! emulated link of `--delay-ms` each way and `--mbit` Mbit/s each way, for each window
-//! (`relay.max_in_flight` 1 and the default) with and without `events_zstd`.
+//! (`relay.max_in_flight` 1, the default and 16) with and without `events_zstd`.
 //!
-//! `cargo bench --bench wan [-- --events N --delay-ms MS --mbit MBIT]` (defaults 20,000 / 150 /
+//! `cargo bench --bench wan [-- --events N --delay-ms MS --mbit MBIT]` (defaults 50,000 / 150 /
 //! 10). Prints events/s and the bytes that crossed the link per event, each way.
 //!
 //! The link: every connection through it shares one pipe per direction that carries
@@ -119,6 +119,7 @@ fn spawn(args: &[&str]) -> tokio::process::Child {
         .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn edge-relay")
@@ -215,7 +216,7 @@ async fn run(dir: &Path, lines: &[String], n: usize, link: &Arc<Link>, relay_ext
 
 #[tokio::main]
 async fn main() {
-    let (mut n, mut delay_ms, mut mbit) = (20_000usize, 150u64, 10.0f64);
+    let (mut n, mut delay_ms, mut mbit) = (50_000usize, 150u64, 10.0f64);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -243,7 +244,8 @@ async fn main() {
         "{:<34} {:>10} {:>9} {:>14} {:>14}",
         "relay", "events/s", "seconds", "up B/event", "down B/event"
     );
-    for window in [1, default_window] {
+    // 16: enough calls in flight to fill the link with plain events.
+    for window in [1, default_window, 16] {
         for compress in [false, true] {
             let link = Arc::new(Link {
                 delay: Duration::from_millis(delay_ms),
