@@ -157,6 +157,11 @@ impl Link {
             .set_connection_timeout(timeout.as_secs().max(1));
         mqtt.set_session_expiry_interval(Some(opts.persistent_session.unwrap_or(0)));
         mqtt.set_max_packet_size(Some(MAX_PACKET_BYTES));
+        // Requests and answers are small writes each way: with Nagle on, an answer can wait for
+        // the delayed ACK of the previous segment (up to 40 ms on Linux) before it leaves.
+        let mut network = mqtt.network_options();
+        network.set_tcp_nodelay(true);
+        mqtt.set_network_options(network);
         let mut user_properties = Vec::new();
         let mut connect_props = Vec::new();
         if let Some(component) = opts.component {
