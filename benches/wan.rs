@@ -1,7 +1,8 @@
 //! The drain over a cellular-like link: `edge-relay run` (its own process) filled with N
 //! Daphnet events, then drained to the reference upstream (its own process) through an
-//! emulated link of `--delay-ms` each way and `--mbit` Mbit/s each way, for each window
-//! (`relay.max_in_flight` 1, the default and 16) with and without `events_zstd`.
+//! emulated link of `--delay-ms` each way and `--mbit` Mbit/s each way, for windows of 1 and
+//! of each default (`relay.max_in_flight_plain`, `relay.max_in_flight`) calls in flight, with
+//! and without `events_zstd`.
 //!
 //! `cargo bench --bench wan [-- --events N --delay-ms MS --mbit MBIT]` (defaults 50,000 / 150 /
 //! 10). Prints events/s and the bytes that crossed the link per event, each way.
@@ -235,7 +236,7 @@ async fn main() {
         .cycle()
         .take(n)
         .collect();
-    let default_window = edge_relay::config::RelayConfig::default().max_in_flight;
+    let defaults = edge_relay::config::RelayConfig::default();
     println!(
         "edge-relay WAN drain: {n} Daphnet events through a link of {delay_ms} ms each way, \
          {mbit} Mbit/s each way; relay and reference upstream in their own processes\n"
@@ -244,8 +245,8 @@ async fn main() {
         "{:<34} {:>10} {:>9} {:>14} {:>14}",
         "relay", "events/s", "seconds", "up B/event", "down B/event"
     );
-    // 16: enough calls in flight to fill the link with plain events.
-    for window in [1, default_window, 16] {
+    // The defaults: `max_in_flight_plain` for plain events, `max_in_flight` for events_zstd.
+    for window in [1, defaults.max_in_flight_plain, defaults.max_in_flight] {
         for compress in [false, true] {
             let link = Arc::new(Link {
                 delay: Duration::from_millis(delay_ms),
@@ -254,7 +255,9 @@ async fn main() {
                 down: Pipe::new(),
             });
             let tmp = tempfile::tempdir().unwrap();
-            let extra = format!("max_in_flight = {window}\ncompress = {compress}");
+            let extra = format!(
+                "max_in_flight = {window}\nmax_in_flight_plain = {window}\ncompress = {compress}"
+            );
             let r = run(tmp.path(), &lines, n, &link, &extra).await;
             let label = format!(
                 "max_in_flight {window}, {}",

@@ -184,9 +184,14 @@ pub struct RelayConfig {
     pub batch_max_events: usize,
     /// Most encoded event bytes per call (one event always goes). Default 256 KiB.
     pub batch_max_bytes: usize,
-    /// Most `edge_ingest` calls outstanding at once (1 = stop-and-wait), 1..=64. Over HTTP
-    /// each takes its own pooled connection; over MQTT they share the session. Default 4.
+    /// Most `edge_ingest` calls outstanding at once (1 = stop-and-wait), 1..=64, to an
+    /// upstream that takes `events_zstd`. Over HTTP each takes its own pooled connection; over
+    /// MQTT they share the session. Default 16.
     pub max_in_flight: usize,
+    /// The same to an upstream that takes plain `events` only, 1..=64. Default 4: a plain
+    /// batch in flight holds its events as JSON values (rmcp's arguments), several MiB of RSS
+    /// per call for a 500-event batch.
+    pub max_in_flight_plain: usize,
     /// Send batches as `events_zstd` (zstd-compressed NDJSON) to an upstream whose ingest tool
     /// lists it in its `inputSchema`; plain `events` to any other. Default true.
     pub compress: bool,
@@ -283,7 +288,8 @@ impl Default for RelayConfig {
         Self {
             batch_max_events: 500,
             batch_max_bytes: 256 * 1024,
-            max_in_flight: 4,
+            max_in_flight: 16,
+            max_in_flight_plain: 4,
             compress: true,
             backoff_initial_ms: 200,
             backoff_max_ms: 30_000,
@@ -413,10 +419,10 @@ mod tests {
         assert!(format!("{err:#}").contains("overflow"), "{err:#}");
         let err = Config::from_toml("[relay]\nbatch_max_events = 0\n").unwrap_err();
         assert!(format!("{err:#}").contains("batch_max_events"), "{err:#}");
-        for window in [0, 65] {
-            let err = Config::from_toml(&format!("[relay]\nmax_in_flight = {window}\n"));
+        for (key, window) in [("max_in_flight", 0), ("max_in_flight_plain", 65)] {
+            let err = Config::from_toml(&format!("[relay]\n{key} = {window}\n"));
             let err = format!("{:#}", err.unwrap_err());
-            assert!(err.contains("max_in_flight must be in 1..=64"), "{err}");
+            assert!(err.contains(&format!("{key} must be in 1..=64")), "{err}");
         }
         let err = Config::from_toml("[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("upstream.url"), "{err:#}");

@@ -236,7 +236,7 @@ impl Relay {
     }
 
     /// One session's life: cursor, then batches until an error or shutdown (`Ok`): up to
-    /// `relay.max_in_flight` `edge_ingest` calls outstanding, sent in seq order, their answers
+    /// `relay.max_in_flight` (`max_in_flight_plain` without `events_zstd`) calls outstanding, sent in seq order, their answers
     /// applied in that order ([`Window`]). On shutdown no new batch is sent and the calls
     /// outstanding are awaited (bounded by [`SHUTDOWN_GRACE`] in [`Relay::run`]).
     async fn deliver(
@@ -275,7 +275,12 @@ impl Relay {
             log::info!(gateway = gateway, stream:% = stream; "the upstream takes {EVENTS_ZSTD}: batches go compressed");
         }
         let mut changes = self.outbox.watch();
-        let mut window = Window::new(cursor, self.config.max_in_flight);
+        let calls = if packed {
+            self.config.max_in_flight
+        } else {
+            self.config.max_in_flight_plain
+        };
+        let mut window = Window::new(cursor, calls);
         // Calls sent and not yet answered, answered in the order they were sent.
         let mut outstanding = FuturesOrdered::new();
         // The cursor as last answered, committed with the next batch's sent mark (one fsync

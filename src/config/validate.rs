@@ -81,6 +81,10 @@ impl Config {
             "relay.max_in_flight must be in 1..=64",
         );
         check(
+            (1..=64).contains(&relay.max_in_flight_plain),
+            "relay.max_in_flight_plain must be in 1..=64",
+        );
+        check(
             relay.backoff_initial_ms >= 1 && relay.backoff_initial_ms <= relay.backoff_max_ms,
             "relay.backoff_initial_ms must be >= 1 and <= backoff_max_ms",
         );

@@ -126,16 +126,16 @@ impl SinkStore {
         let prefix = old.prefix;
 
         let mut gap_batch = sled::Batch::default();
-        let new_gap = match args.gap {
-            Some(gap) => self.merge_gap(prefix, old.mark, gap, &mut gap_batch)?,
-            None => None,
+        let new_gaps = match args.gap {
+            Some(gap) => self.record_gap(prefix, old.mark, gap, &mut gap_batch)?,
+            None => Vec::new(),
         };
         let fresh = self.fresh(prefix, old.mark, &args.events)?;
         let mut run_batch = sled::Batch::default();
         runs::put(&mut run_batch, prefix, &fresh)?;
-        let new = self.advance(old, &fresh, new_gap)?;
+        let new = self.advance(old, &fresh, &new_gaps)?;
 
-        if !fresh.is_empty() || new_gap.is_some() || existing != Some(new) {
+        if !fresh.is_empty() || !new_gaps.is_empty() || existing != Some(new) {
             (&self.streams, &self.runs, &self.gaps).transaction(|(streams, runs, gaps)| {
                 runs.apply_batch(&run_batch)?;
                 gaps.apply_batch(&gap_batch)?;
@@ -266,6 +266,49 @@ impl SinkStore {
             .transpose()
     }
 
+    /// Adds `gap` to `batch`, minus what is at or below `mark` and minus the seqs stored
+    /// runs hold (with several batches in flight, a relay can report as dropped events that
+    /// already arrived: it dropped them locally while their answer was lost), each part
+    /// merged with the stored gaps it overlaps or touches. Returns the merged ranges that are
+    /// new, in seq order.
+    fn record_gap(
+        &self,
+        prefix: u64,
+        mark: u64,
+        gap: Gap,
+        batch: &mut sled::Batch,
+    ) -> Result<Vec<(u64, u64)>, SinkError> {
+        if gap.dropped_to <= mark {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = (gap.dropped_from.max(mark + 1), gap.dropped_to);
+        let mut parts = Vec::new();
+        // The next seq not yet placed; `None` past u64::MAX.
+        let mut from = Some(lo);
+        for span in runs::overlapping(&self.runs, prefix, lo, hi)? {
+            if let Some(f) = from
+                && span.first > f
+            {
+                parts.push((f, span.first - 1));
+            }
+            from = span.last.checked_add(1);
+        }
+        if let Some(f) = from
+            && f <= hi
+        {
+            parts.push((f, hi));
+        }
+        let mut merged = Vec::new();
+        for (from, to) in parts {
+            let part = Gap {
+                dropped_from: from,
+                dropped_to: to,
+            };
+            merged.extend(self.merge_gap(prefix, mark, part, batch)?);
+        }
+        Ok(merged)
+    }
+
     /// Adds `gap` (minus what is at or below `mark`) to `batch`, merged with the stored gaps
     /// it overlaps or touches. Returns the merged range, or `None` when nothing is new.
     fn merge_gap(
@@ -327,7 +370,7 @@ impl SinkStore {
         &self,
         old: StreamRecord,
         fresh: &[&Event],
-        new_gap: Option<(u64, u64)>,
+        new_gaps: &[(u64, u64)],
     ) -> Result<StreamRecord, SinkError> {
         let prefix = old.prefix;
         let (mut mark, mut acked_id) = (old.mark, old.acked_id);
@@ -338,10 +381,12 @@ impl SinkStore {
                 (mark, acked_id, in_run) = (next, Some(fresh[i].id), None);
             } else if let Some(span) = runs::holding(&self.runs, prefix, next)? {
                 (mark, in_run) = (span.last, Some(span));
-            } else if let Some(to) = match new_gap {
-                Some((lo, hi)) if (lo..=hi).contains(&next) => Some(hi),
-                _ => self.gap_end(prefix, next)?,
-            } {
+            } else if let Some(to) =
+                match new_gaps.iter().find(|&&(lo, hi)| (lo..=hi).contains(&next)) {
+                    Some(&(_, hi)) => Some(hi),
+                    None => self.gap_end(prefix, next)?,
+                }
+            {
                 (mark, acked_id, in_run) = (to, None, None);
             } else {
                 break;

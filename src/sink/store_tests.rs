@@ -264,3 +264,22 @@ async fn a_batch_overlapping_stored_runs_stores_only_the_holes() {
     assert_eq!(events[2], kept[0]);
     assert_eq!(events[8], kept[3]);
 }
+
+/// With several batches in flight a relay can report as dropped seqs that already arrived
+/// (it dropped them locally while their answer was lost): the recorded gap leaves them out.
+#[tokio::test]
+async fn a_gap_over_stored_events_is_recorded_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, stream) = (open(&dir), Uuid::new_v4());
+    assert_eq!(put(&store, stream, &[4, 5], None).await, None);
+    assert_eq!(put(&store, stream, &[9], None).await, None);
+    assert_eq!(put(&store, stream, &[12], Some((1, 11))).await, Some(12));
+    let gaps = [gap_of(1, 3), gap_of(6, 8), gap_of(10, 11)];
+    assert_eq!(store.gaps("gw-01", stream).unwrap(), gaps);
+    assert_eq!(seqs(&store, stream), [4, 5, 9, 12]);
+    // A gap wholly over stored events records nothing.
+    let other = Uuid::new_v4();
+    put(&store, other, &[3, 4], None).await;
+    assert_eq!(put(&store, other, &[], Some((3, 4))).await, None);
+    assert!(store.gaps("gw-01", other).unwrap().is_empty());
+}
