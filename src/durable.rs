@@ -73,9 +73,23 @@ fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
 }
 
 /// Handles on a sled store's files, used to make each flush a real sync. Clones share them.
+///
+/// Flushes are serialised (sled 0.34.7's `flush_async` can hang forever when called
+/// concurrently, spacejam/sled#1308, fixed only after the last release) and shared: a caller
+/// whose writes a flush that started after them already covered returns without its own.
 #[derive(Debug, Clone)]
 pub struct FsSync {
     inner: Arc<Inner>,
+    flushes: Arc<Flushes>,
+}
+
+/// Flush requests and completions, in tickets.
+#[derive(Debug, Default)]
+struct Flushes {
+    /// Tickets handed out: one per [`FsSync::flush`] call, after the caller's writes.
+    requested: std::sync::atomic::AtomicU64,
+    /// Highest ticket whose writes a completed flush covers; held while a flush runs.
+    completed: tokio::sync::Mutex<u64>,
 }
 
 #[derive(Debug)]
@@ -124,6 +138,7 @@ impl FsSync {
                 blobs,
                 synced: Mutex::default(),
             }),
+            flushes: Arc::default(),
         })
     }
 
@@ -140,11 +155,20 @@ impl FsSync {
     /// sled's flush failed, or a sync did (`sled::Error::Io`, e.g. EIO from the device), or the
     /// blocking task could not run (runtime shutting down).
     pub async fn flush(&self, db: &sled::Db) -> sled::Result<()> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.flushes.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut completed = self.flushes.completed.lock().await;
+        if *completed >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken after its writes, so this flush covers them all.
+        let covers = self.flushes.requested.load(Ordering::SeqCst);
         db.flush_async().await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.sync())
             .await
             .map_err(|e| sled::Error::Io(io::Error::other(format!("fsync task: {e}"))))??;
+        *completed = covers;
         Ok(())
     }
 
@@ -229,6 +253,34 @@ mod tests {
         }
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// spacejam/sled#1308: concurrent `flush_async` calls could wait forever; the reference
+    /// upstream flushes from every ingest in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flushes_all_complete_and_cover_their_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let sync = FsSync::open(dir.path()).unwrap();
+        let tasks: Vec<_> = (0..64u32)
+            .map(|i| {
+                let (db, sync) = (db.clone(), sync.clone());
+                tokio::spawn(async move {
+                    db.insert(i.to_be_bytes(), &b"v"[..]).unwrap();
+                    sync.flush(&db).await.unwrap();
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(60), all).await;
+        assert!(
+            done.expect("a flush never completed")
+                .iter()
+                .all(Result::is_ok)
+        );
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.len(), 64);
     }
 
     #[tokio::test]
