@@ -98,6 +98,10 @@ enum Command {
         /// Directory of the sink's own sled store.
         #[arg(long, default_value = "./edge-relay-sink-data")]
         data_dir: PathBuf,
+        /// Store in this PostgreSQL database instead (postgres://user@host/db; several sink
+        /// nodes may share one; README "Run a fleet").
+        #[arg(long, env = "EDGE_RELAY_SINK_STORE", conflicts_with = "data_dir")]
+        store: Option<String>,
         /// Also serve over MCP over MQTT through this broker (mqtt://host[:port]).
         #[arg(long)]
         mqtt: Option<String>,
@@ -273,6 +277,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sink {
             listen,
             data_dir,
+            store,
             mqtt,
             server_name,
             eras,
@@ -284,7 +289,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 password: None,
                 reconnect_max: sink::mqtt::BACKOFF.1,
             });
-            sink::run(listen, &data_dir, mqtt, eras, token).await?;
+            let store = store.map_or(sink::StoreLocation::Dir(data_dir), sink::StoreLocation::Postgres);
+            sink::run(listen, &store, mqtt, eras, token).await?;
         }
         Command::Demo(options) => return demo::run(options).await,
     }

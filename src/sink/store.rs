@@ -382,7 +382,8 @@ impl SinkStore {
     }
 }
 
-fn validate(args: &IngestArgs) -> Result<(), SinkError> {
+/// The contract's rules for a batch (see [`SinkStore::ingest`]'s errors); shared by every store.
+pub(crate) fn validate(args: &IngestArgs) -> Result<(), SinkError> {
     let invalid = |reason: String| Err(SinkError::InvalidBatch(reason));
     if args.gateway.is_empty() || args.gateway.len() > MAX_GATEWAY_LEN {
         return invalid(format!(
