@@ -30,6 +30,10 @@
 //! - [`demo`]: the end-to-end demo on the Daphnet recording.
 //! - [`logging`]: journald or stderr.
 
+// Lets test code shared with the integration tests (`sink/contract_cases.rs`) name the crate.
+#[cfg(test)]
+extern crate self as edge_relay;
+
 pub mod aside;
 pub mod audit;
 pub mod config;

@@ -289,7 +289,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 password: None,
                 reconnect_max: sink::mqtt::BACKOFF.1,
             });
-            let store = store.map_or(sink::StoreLocation::Dir(data_dir), sink::StoreLocation::Postgres);
+            let store = store.map_or(
+                sink::StoreLocation::Dir(data_dir),
+                sink::StoreLocation::Postgres,
+            );
             sink::run(listen, &store, mqtt, eras, token).await?;
         }
         Command::Demo(options) => return demo::run(options).await,

@@ -46,12 +46,12 @@ impl StoreLocation {
                     .with_context(|| format!("creating sink data dir {}", dir.display()))?;
                 Arc::new(SinkStore::open(dir)?).into()
             }
-            StoreLocation::Postgres(url) => Arc::new(
-                PgStore::connect(url)
-                    .await
-                    .with_context(|| format!("opening the sink database {}", crate::redact::url(url)))?,
-            )
-            .into(),
+            StoreLocation::Postgres(url) => {
+                Arc::new(PgStore::connect(url).await.with_context(|| {
+                    format!("opening the sink database {}", crate::redact::url(url))
+                })?)
+                .into()
+            }
         })
     }
 }

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::backend::SinkBackend;
 use super::era::Eras;
 use super::server::SinkService;
-use super::backend::SinkBackend;
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;

@@ -96,6 +96,9 @@ impl PgStore {
         ingest::validate(args)?;
         let mut client = self.client().await?;
         let outcome = ingest::ingest(&mut client, args).await?;
+        if !outcome.counted {
+            return Ok(outcome.ack);
+        }
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         stats.batches += 1;
         stats.events_stored += outcome.stored;
@@ -203,9 +206,16 @@ impl PgStore {
 /// "db error").
 pub(crate) fn db_error(e: tokio_postgres::Error) -> SinkError {
     match e.as_db_error() {
-        Some(db) => SinkError::Database(format!("{} {}: {}", db.severity(), db.code().code(), db.message())),
+        Some(db) => SinkError::Database(format!(
+            "{} {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        )),
         None => {
-            let source = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            let source = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
             SinkError::Database(format!("{e}{source}"))
         }
     }

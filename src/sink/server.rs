@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::contract::{Ack, CursorArgs, IngestArgs};
-use crate::sink::era::Eras;
 use crate::sink::backend::SinkBackend;
+use crate::sink::era::Eras;
 use crate::sink::store::SinkError;
 
 /// `serverInfo.name` the sink announces.

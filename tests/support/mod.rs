@@ -4,6 +4,7 @@
 pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
+pub mod postgres;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -24,6 +24,8 @@ pub(super) struct Outcome {
     pub ack: Ack,
     /// Events of the batch inserted (the rest were duplicates).
     pub stored: u64,
+    /// Whether it counts as a batch: not an empty call about an unknown stream (as sled).
+    pub counted: bool,
 }
 
 /// The PostgreSQL store's own limits, on top of the contract's rules (`store::validate`).
@@ -53,11 +55,24 @@ pub(super) async fn mark(
     gateway: &str,
     stream: Uuid,
 ) -> Result<Ack, SinkError> {
-    let row = row_opt(client, "SELECT acked_seq, acked_id FROM streams WHERE gateway = $1 AND stream = $2",
-            &[&gateway, &stream],
-        )
-        .await?;
-    Ok(row.map_or(ack_of(0, None), |r| ack_of(r.get(0), r.get(1))))
+    Ok(stream_row(client, gateway, stream)
+        .await?
+        .unwrap_or(ack_of(0, None)))
+}
+
+/// The stream's committed mark, `None` for an unknown stream.
+async fn stream_row(
+    client: &impl GenericClient,
+    gateway: &str,
+    stream: Uuid,
+) -> Result<Option<Ack>, SinkError> {
+    let row = row_opt(
+        client,
+        "SELECT acked_seq, acked_id FROM streams WHERE gateway = $1 AND stream = $2",
+        &[&gateway, &stream],
+    )
+    .await?;
+    Ok(row.map(|r| ack_of(r.get(0), r.get(1))))
 }
 
 /// Runs one validated batch as one transaction; returns after `COMMIT`.
@@ -65,8 +80,12 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     let (gw, stream) = (args.gateway.as_str(), args.stream);
     if args.events.is_empty() && args.gap.is_none() {
         // Nothing to store: the committed mark, without creating the stream.
-        let ack = mark(client, gw, stream).await?;
-        return Ok(Outcome { ack, stored: 0 });
+        let row = stream_row(client, gw, stream).await?;
+        return Ok(Outcome {
+            counted: row.is_some(),
+            ack: row.unwrap_or(ack_of(0, None)),
+            stored: 0,
+        });
     }
     let txn = client.transaction().await.map_err(db_error)?;
     const LOCK: &str =
@@ -74,7 +93,9 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     let row = match row_opt(&txn, LOCK, &[&gw, &stream]).await? {
         Some(row) => row,
         None => {
-            exec(&txn, "INSERT INTO streams (gateway, stream) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            exec(
+                &txn,
+                "INSERT INTO streams (gateway, stream) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&gw, &stream],
             )
             .await?;
@@ -92,7 +113,9 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     let stored = insert_events(&txn, args, old_mark).await?;
     let (mark, acked_id) = advance(&txn, gw, stream, old_mark, old_id).await?;
     if (mark, acked_id) != (old_mark, old_id) {
-        exec(&txn, "UPDATE streams SET acked_seq = $3, acked_id = $4 WHERE gateway = $1 AND stream = $2",
+        exec(
+            &txn,
+            "UPDATE streams SET acked_seq = $3, acked_id = $4 WHERE gateway = $1 AND stream = $2",
             &[&gw, &stream, &(mark as i64), &acked_id],
         )
         .await?;
@@ -103,6 +126,7 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     Ok(Outcome {
         ack: ack_of(mark as i64, acked_id),
         stored,
+        counted: true,
     })
 }
 
@@ -119,11 +143,13 @@ async fn merge_gap(
         return Ok(());
     }
     let (mut lo, mut hi) = (gap.dropped_from.max(mark + 1) as i64, gap.dropped_to as i64);
-    let found = rows(txn, "SELECT dropped_from, dropped_to FROM gaps WHERE gateway = $1 AND stream = $2
-             AND dropped_from <= $4 + 1 AND dropped_to >= $3 - 1 ORDER BY dropped_from",
-            &[&gw, &stream, &lo, &hi],
-        )
-        .await?;
+    let found = rows(
+        txn,
+        "SELECT dropped_from, dropped_to FROM gaps WHERE gateway = $1 AND stream = $2
+             AND dropped_from <= $4::int8 + 1 AND dropped_to >= $3::int8 - 1 ORDER BY dropped_from",
+        &[&gw, &stream, &lo, &hi],
+    )
+    .await?;
     let touching: Vec<(i64, i64)> = found.iter().map(|r| (r.get(0), r.get(1))).collect();
     if touching.iter().any(|&(from, to)| from <= lo && to >= hi) {
         return Ok(());
@@ -132,11 +158,15 @@ async fn merge_gap(
         (lo, hi) = (lo.min(from), hi.max(to));
     }
     let starts: Vec<i64> = touching.iter().map(|t| t.0).collect();
-    exec(txn, "DELETE FROM gaps WHERE gateway = $1 AND stream = $2 AND dropped_from = ANY($3)",
+    exec(
+        txn,
+        "DELETE FROM gaps WHERE gateway = $1 AND stream = $2 AND dropped_from = ANY($3)",
         &[&gw, &stream, &starts],
     )
     .await?;
-    exec(txn, "INSERT INTO gaps (gateway, stream, dropped_from, dropped_to) VALUES ($1, $2, $3, $4)",
+    exec(
+        txn,
+        "INSERT INTO gaps (gateway, stream, dropped_from, dropped_to) VALUES ($1, $2, $3, $4)",
         &[&gw, &stream, &lo, &hi],
     )
     .await?;
@@ -180,23 +210,25 @@ async fn insert_events(
             data_text.push(None);
         }
     }
-    let inserted = exec(txn, "INSERT INTO events (gateway, stream, seq, id, source, kind, time, data, data_text)
+    let inserted = exec(
+        txn,
+        "INSERT INTO events (gateway, stream, seq, id, source, kind, time, data, data_text)
              SELECT $1, $2, u.* FROM UNNEST($3::int8[], $4::uuid[], $5::text[], $6::text[],
                  $7::text[], $8::jsonb[], $9::text[]) AS u
              ON CONFLICT DO NOTHING",
-            &[
-                &args.gateway,
-                &args.stream,
-                &seqs,
-                &ids,
-                &sources,
-                &kinds,
-                &times,
-                &data,
-                &data_text,
-            ],
-        )
-        .await?;
+        &[
+            &args.gateway,
+            &args.stream,
+            &seqs,
+            &ids,
+            &sources,
+            &kinds,
+            &times,
+            &data,
+            &data_text,
+        ],
+    )
+    .await?;
     Ok(inserted)
 }
 
@@ -220,13 +252,9 @@ async fn advance(
         WHERE gateway = $1 AND stream = $2 AND dropped_from <= $3 AND dropped_to >= $3";
     while mark < MAX_SEQ {
         let next = (mark + 1) as i64;
-        if let Some(row) = row_opt(txn, RUN_END, &[&gw, &stream, &next])
-            .await?
-        {
+        if let Some(row) = row_opt(txn, RUN_END, &[&gw, &stream, &next]).await? {
             (mark, acked_id) = (row.get::<_, i64>(0) as u64, Some(row.get(1)));
-        } else if let Some(row) = row_opt(txn, GAP_END, &[&gw, &stream, &next])
-            .await?
-        {
+        } else if let Some(row) = row_opt(txn, GAP_END, &[&gw, &stream, &next]).await? {
             (mark, acked_id) = (row.get::<_, i64>(0) as u64, None);
         } else {
             break;
@@ -244,7 +272,11 @@ async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u
 }
 
 /// [`exec`] for a query: all its rows.
-async fn rows(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>, SinkError> {
+async fn rows(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, SinkError> {
     let statement = c.prepare_cached(sql).await.map_err(db_error)?;
     c.query(&statement, params).await.map_err(db_error)
 }
