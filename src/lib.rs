@@ -134,11 +134,11 @@ pub async fn start_watched(
         .await
         .with_context(|| format!("binding ingest.http.listen {}", config.ingest.http.listen))?;
     let ingest_addr = listener.local_addr()?;
+    let status = Arc::new(StatusBoard::default());
     let connector = match connector {
         Some(c) => c,
-        None => build_connector(&config)?,
+        None => build_connector_counted(&config, Some(status.clone()))?,
     };
-    let status = Arc::new(StatusBoard::default());
     status.set_stores_moved_aside(aside::list(&config.data_dir));
     let relay_beat = Heartbeat::new(
         "relay",
@@ -217,24 +217,47 @@ pub async fn start_watched(
 /// # Errors
 /// The token file cannot be read or the TLS client cannot be built.
 pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
+    build_connector_counted(config, None)
+}
+
+/// [`build_connector`]; with several `upstream.urls`, a [`uplink::failover::FailoverConnector`]
+/// over them that counts its failovers on `status`.
+///
+/// # Errors
+/// As [`build_connector`].
+pub fn build_connector_counted(
+    config: &Config,
+    status: Option<Arc<StatusBoard>>,
+) -> anyhow::Result<Box<dyn Connector>> {
     let token = config
         .upstream
         .token_file
         .as_deref()
         .map(Secret::from_file)
         .transpose()?;
-    match config.upstream.transport {
-        Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
-            &config.upstream.url,
-            token,
-            config.relay.request_timeout(),
-        )?)),
-        Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
-            &config.upstream.url,
-            &config.upstream.server_name,
-            token,
-            &config.gateway_id,
-        ))),
+    let one = |url: &str| -> anyhow::Result<Box<dyn Connector>> {
+        match config.upstream.transport {
+            Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
+                url,
+                token.clone(),
+                config.relay.request_timeout(),
+            )?)),
+            Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
+                url,
+                &config.upstream.server_name,
+                token.clone(),
+                &config.gateway_id,
+            ))),
+        }
+    };
+    match config.upstream.endpoints()[..] {
+        [url] => one(url),
+        ref urls => {
+            let upstreams = urls.iter().map(|url| one(url)).collect::<anyhow::Result<_>>()?;
+            Ok(Box::new(uplink::failover::FailoverConnector::new(
+                upstreams, status,
+            )))
+        }
     }
 }
 

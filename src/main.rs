@@ -187,6 +187,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => match Config::check_file(&file) {
             Ok(mut config) => {
                 config.upstream.url = edge_relay::redact::url(&config.upstream.url).into_owned();
+                for url in &mut config.upstream.urls {
+                    *url = edge_relay::redact::url(url).into_owned();
+                }
                 if let Some(mqtt) = &mut config.ingest.mqtt {
                     mqtt.url = edge_relay::redact::url(&mqtt.url).into_owned();
                 }

@@ -96,6 +96,9 @@ impl Config {
             Transport::Mqtt => &["mqtt"],
         };
         out.extend(url_problem("upstream.url", &up.url, schemes));
+        for (i, url) in up.urls.iter().enumerate() {
+            out.extend(url_problem(&format!("upstream.urls[{i}]"), url, schemes));
+        }
         if let Some(mqtt) = &self.ingest.mqtt {
             out.extend(url_problem("ingest.mqtt.url", &mqtt.url, &["mqtt"]));
         }
