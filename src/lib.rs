@@ -253,7 +253,10 @@ pub fn build_connector_counted(
     match config.upstream.endpoints()[..] {
         [url] => one(url),
         ref urls => {
-            let upstreams = urls.iter().map(|url| one(url)).collect::<anyhow::Result<_>>()?;
+            let upstreams = urls
+                .iter()
+                .map(|url| one(url))
+                .collect::<anyhow::Result<_>>()?;
             Ok(Box::new(uplink::failover::FailoverConnector::new(
                 upstreams, status,
             )))

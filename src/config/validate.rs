@@ -95,7 +95,10 @@ impl Config {
             Transport::Http => &["http", "https"],
             Transport::Mqtt => &["mqtt"],
         };
-        out.extend(url_problem("upstream.url", &up.url, schemes));
+        // `urls`, when set, replaces `url` (which then keeps its default, unused).
+        if up.urls.is_empty() {
+            out.extend(url_problem("upstream.url", &up.url, schemes));
+        }
         for (i, url) in up.urls.iter().enumerate() {
             out.extend(url_problem(&format!("upstream.urls[{i}]"), url, schemes));
         }
