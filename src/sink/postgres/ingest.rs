@@ -254,10 +254,12 @@ async fn advance(
         let next = (mark + 1) as i64;
         if let Some(row) = row_opt(txn, RUN_END, &[&gw, &stream, &next]).await? {
             (mark, acked_id) = (row.get::<_, i64>(0) as u64, Some(row.get(1)));
-        } else if let Some(row) = row_opt(txn, GAP_END, &[&gw, &stream, &next]).await? {
-            (mark, acked_id) = (row.get::<_, i64>(0) as u64, None);
-        } else {
-            break;
+        }
+        // No event at mark + 1 now (a run ends before a missing seq): a gap, or the end.
+        let after = (mark + 1) as i64;
+        match row_opt(txn, GAP_END, &[&gw, &stream, &after]).await? {
+            Some(row) => (mark, acked_id) = (row.get::<_, i64>(0) as u64, None),
+            None => break,
         }
     }
     Ok((mark, acked_id))
