@@ -106,3 +106,46 @@ async fn acked_batches_survive_a_database_crash() {
         first.events[..]
     );
 }
+
+/// `sslmode=require` with the server's CA in `sslrootcert`: the node's connections are TLS
+/// (the server's own view, `pg_stat_ssl`). Negative controls: without the CA the certificate
+/// is refused; the server takes no plain TCP connection at all.
+#[tokio::test]
+async fn connects_over_tls_verifying_the_server() {
+    let pg = Postgres::start_tls();
+    pg.create_db("tls").await;
+    let base = format!("{}?sslmode=require", pg.tcp_url("tls"));
+    let with_ca = format!("{base}&sslrootcert={}", pg.ca_file().display());
+    let store = node(&with_ca).await;
+    let stream = Uuid::new_v4();
+    let ack = store.ingest(&batch(stream, &[1, 2], None)).await.unwrap();
+    assert_eq!(ack.acked_seq, Some(2));
+    let (client, conn) = tokio_postgres::connect(&pg.url("tls"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'tls' AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (ssl, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(ssl >= 1 && ssl == all, "{ssl} of {all} connections use TLS");
+
+    let untrusted = PgStore::connect(&base)
+        .await
+        .err()
+        .expect("an unknown CA is refused");
+    assert!(
+        format!("{untrusted}").contains("certificate"),
+        "{untrusted}"
+    );
+    let plain = format!("{}?sslmode=disable", pg.tcp_url("tls"));
+    assert!(
+        PgStore::connect(&plain).await.is_err(),
+        "plain TCP is refused"
+    );
+}

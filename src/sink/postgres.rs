@@ -2,11 +2,12 @@
 
 mod ingest;
 pub mod migrate;
+pub mod tls;
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use deadpool_postgres::tokio_postgres::{self, NoTls};
+use deadpool_postgres::tokio_postgres;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use uuid::Uuid;
 
@@ -36,13 +37,16 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/dbname[?...]`, libpq's URL
     /// or key=value form), applies the schema migrations the database lacks, and returns a
-    /// store whose connections are pooled ([`POOL_SIZE`]). TLS is not supported: the URL must
-    /// not require it (`sslmode=disable` or the default `prefer`, which then connects plain).
+    /// store whose connections are pooled ([`POOL_SIZE`]). TLS by rustls ([`tls::connector`]):
+    /// `sslmode=require`, or the default `prefer` when the server offers it; `sslrootcert=FILE`
+    /// adds a CA to the webpki roots; `sslmode=disable` connects plain.
     ///
     /// # Errors
     /// [`SinkError::Database`] when the URL does not parse, the server cannot be reached or a
     /// migration fails; [`SinkError::Corrupt`] for a schema newer than this binary's.
     pub async fn connect(url: &str) -> Result<PgStore, SinkError> {
+        let (url, root_cert) = tls::split_root_cert(url);
+        let tls = tls::connector(root_cert.as_deref())?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| SinkError::Database(format!("bad PostgreSQL URL: {e}")))?;
@@ -57,7 +61,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -198,7 +202,7 @@ impl PgStore {
         self.pool
             .get()
             .await
-            .map_err(|e| SinkError::Database(format!("no database connection: {e}")))
+            .map_err(|e| SinkError::Database(format!("no database connection: {}", chain(&e))))
     }
 }
 
@@ -212,13 +216,22 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> SinkError {
             db.code().code(),
             db.message()
         )),
-        None => {
-            let source = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            SinkError::Database(format!("{e}{source}"))
-        }
+        None => SinkError::Database(chain(&e)),
     }
+}
+
+/// `e` and its sources, `: `-separated (the TLS handshake's reason sits two levels down).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The answer for a stream row: mark 0 is "nothing yet".
