@@ -21,17 +21,9 @@ async fn the_contract_cases_pass_on_sled() {
 }
 
 /// Ingests a fresh batch and returns the acked seq.
-async fn put(
-    store: &SinkStore,
-    stream: Uuid,
-    seqs: &[u64],
-    gap: Option<(u64, u64)>,
-) -> Option<u64> {
-    store
-        .ingest(&batch(stream, seqs, gap))
-        .await
-        .unwrap()
-        .acked_seq
+async fn put(store: &SinkStore, stream: Uuid, seqs: &[u64]) -> Option<u64> {
+    let args = batch(stream, seqs, None);
+    store.ingest(&args).await.unwrap().acked_seq
 }
 
 fn seqs(store: &SinkStore, stream: Uuid) -> Vec<u64> {
@@ -80,7 +72,7 @@ async fn survives_close_and_reopen() {
     let (store, stream) = (open(&dir), Uuid::new_v4());
     let args = batch(stream, &[2, 3], Some((1, 1)));
     let ack = store.ingest(&args).await.unwrap();
-    put(&store, stream, &[9], None).await;
+    put(&store, stream, &[9]).await;
     // sled locks the dir until the store is dropped.
     assert!(matches!(
         SinkStore::open(dir.path()),
@@ -93,10 +85,10 @@ async fn survives_close_and_reopen() {
     assert_eq!(store.events("gw-01", stream).unwrap()[..2], args.events[..]);
     assert_eq!(seqs(&store, stream), [2, 3, 9]);
     assert_eq!(store.gaps("gw-01", stream).unwrap(), [args.gap.unwrap()]);
-    assert_eq!(put(&store, stream, &[4], None).await, Some(4));
+    assert_eq!(put(&store, stream, &[4]).await, Some(4));
     // A stream created after the reopen gets a key prefix of its own.
     let other = Uuid::new_v4();
-    put(&store, other, &[1], None).await;
+    put(&store, other, &[1]).await;
     assert_eq!(seqs(&store, other), [1]);
     assert_eq!(store.streams().unwrap().len(), 2);
 }

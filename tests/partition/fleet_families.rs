@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 
 use edge_relay::sink::PgStore;
@@ -17,7 +16,7 @@ use crate::crash_families::{
 };
 use crate::real_net::*;
 use crate::support::postgres::Postgres;
-use crate::support::process::{BINARY, free_port, kill_9, spawn_listening};
+use crate::support::process::{BINARY, DaemonChild, free_port, kill_9, spawn_listening};
 use crate::support::{acked_at_least, relay_config, start_relay};
 
 /// Sink-node kills in CI (alternating nodes, at random moments of delivery).
@@ -29,7 +28,7 @@ const POSTGRES_CYCLES: u64 = 20;
 struct Fleet {
     url: String,
     addrs: [SocketAddr; 2],
-    nodes: [Child; 2],
+    nodes: [DaemonChild; 2],
 }
 
 impl Fleet {
@@ -66,50 +65,47 @@ impl Fleet {
     }
 }
 
-async fn node(addr: SocketAddr, url: &str) -> Child {
+async fn node(addr: SocketAddr, url: &str) -> DaemonChild {
     let mut cmd = family_child(BINARY);
     cmd.args(["sink", "--listen", &addr.to_string(), "--store", url]);
-    spawn_listening(&mut cmd, addr, "a sink node").await
+    // Killed when dropped, so a failing run leaves no node behind.
+    DaemonChild(spawn_listening(&mut cmd, addr, "a sink node").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_sink_node() {
-    let pg = Postgres::start();
-    let mut runs = 0;
-    family(
-        "crash-sink-node",
-        PEER_CYCLES_VAR,
-        NODE_CYCLES,
-        async |rng, dir, kills| {
-            runs += 1;
-            let fleet = Fleet::start(&pg, &format!("run{runs}")).await;
-            fleet_run(rng, dir, kills, fleet, async |fleet, cycle| {
-                fleet.crash(cycle as usize % 2).await;
-            })
-            .await
-        },
-    )
+    fleet_family("crash-sink-node", NODE_CYCLES, async |fleet, _, cycle| {
+        fleet.crash(cycle as usize % 2).await;
+    })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart() {
+    fleet_family("postgres-restart", POSTGRES_CYCLES, async |_, pg, _| {
+        pg.stop_immediate();
+        pg.start_again();
+    })
+    .await;
+}
+
+/// A fleet family on a cluster of its own, a database per run: `fault(fleet, cluster, cycle)`
+/// is one fault.
+async fn fleet_family(
+    name: &str,
+    cycles: u64,
+    mut fault: impl AsyncFnMut(&mut Fleet, &Postgres, u64),
+) {
     let pg = Postgres::start();
     let mut runs = 0;
-    family(
-        "postgres-restart",
-        PEER_CYCLES_VAR,
-        POSTGRES_CYCLES,
-        async |rng, dir, kills| {
-            runs += 1;
-            let fleet = Fleet::start(&pg, &format!("run{runs}")).await;
-            fleet_run(rng, dir, kills, fleet, async |_, _| {
-                pg.stop_immediate();
-                pg.start_again();
-            })
-            .await
-        },
-    )
+    family(name, PEER_CYCLES_VAR, cycles, async |rng, dir, kills| {
+        runs += 1;
+        let fleet = Fleet::start(&pg, &format!("run{runs}")).await;
+        fleet_run(rng, dir, kills, fleet, async |fleet, cycle| {
+            fault(fleet, &pg, cycle).await
+        })
+        .await
+    })
     .await;
 }
 
