@@ -6,6 +6,7 @@ use deadpool_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::contract::{Ack, Gap, IngestArgs};
+use crate::event::Event;
 use crate::sink::error::SinkError;
 use crate::sink::postgres::{ack_of, db_error};
 
@@ -110,8 +111,16 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     if let Some(gap) = args.gap {
         merge_gap(&txn, gw, stream, old_mark, gap).await?;
     }
-    let stored = insert_events(&txn, args, old_mark).await?;
-    let (mark, acked_id) = advance(&txn, gw, stream, old_mark, old_id).await?;
+    let above = &args.events[args.events.partition_point(|e| e.seq <= old_mark)..];
+    let stored = insert_events(&txn, args, above).await?;
+    // The usual batch: the next seqs in a row, all new; the mark walks over them unasked.
+    let (from, from_id) = match above.last() {
+        Some(last) if stored == above.len() as u64 && last.seq - old_mark == stored => {
+            (last.seq, Some(last.id))
+        }
+        _ => (old_mark, old_id),
+    };
+    let (mark, acked_id) = advance(&txn, gw, stream, from, from_id).await?;
     if (mark, acked_id) != (old_mark, old_id) {
         exec(
             &txn,
@@ -173,14 +182,13 @@ async fn merge_gap(
     Ok(())
 }
 
-/// Inserts the batch's events above `mark` in one statement; a seq already stored keeps its
+/// Inserts `above` (the batch's events above the mark) in one statement; a seq already stored keeps its
 /// first event. Returns how many were inserted.
 async fn insert_events(
     txn: &impl GenericClient,
     args: &IngestArgs,
-    mark: u64,
+    above: &[Event],
 ) -> Result<u64, SinkError> {
-    let above = &args.events[args.events.partition_point(|e| e.seq <= mark)..];
     if above.is_empty() {
         return Ok(0);
     }
