@@ -18,8 +18,8 @@
 //! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
-//! - [`uplink`]: rmcp client session in either MCP era, Streamable HTTP over hyper, MQTT.
-//! - [`sink`]: the reference upstream (rmcp server + its sled store).
+//! - [`uplink`]: rmcp client session in either MCP era, Streamable HTTP over hyper, MQTT; failover over several upstreams.
+//! - [`sink`]: the reference upstream (rmcp server + its sled store, or PostgreSQL for a fleet).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
 //! - [`probe`]: `edge-relay probe`, the era and contract check of an upstream.
