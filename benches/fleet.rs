@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use edge_relay::contract::{CURSOR_TOOL, INGEST_TOOL, IngestArgs};
 use edge_relay::event::Event;
 use edge_relay::relay::Connector;
+use edge_relay::tls::ClientTls;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::{EraChoice, SessionConfig};
 use uuid::Uuid;
@@ -124,7 +125,8 @@ async fn phase(nodes: &[SocketAddr], a: &Args, pace: Option<Duration>) -> Phase 
         let url = format!("http://{}/mcp", nodes[i % nodes.len()]);
         let batch = a.batch;
         tasks.push(tokio::spawn(async move {
-            let connector = HttpConnector::new(&url, None, REQUEST_TIMEOUT).unwrap();
+            let tls = ClientTls::new("upstream.tls", Default::default());
+            let connector = HttpConnector::new(&url, None, tls, REQUEST_TIMEOUT).unwrap();
             let config = SessionConfig {
                 ingest_tool: INGEST_TOOL.to_owned(),
                 cursor_tool: CURSOR_TOOL.to_owned(),
@@ -143,6 +145,7 @@ async fn phase(nodes: &[SocketAddr], a: &Args, pace: Option<Duration>) -> Phase 
                     gateway: gateway.clone(),
                     stream,
                     events: events(next, batch),
+                    events_zstd: None,
                     gap: None,
                 };
                 let sent = Instant::now();

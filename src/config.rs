@@ -44,7 +44,7 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttIngestConfig {
-    /// Broker, `mqtt://host[:port]`. Default `mqtt://127.0.0.1:1883`.
+    /// Broker, `mqtt://host[:port]` or `mqtts://host[:port]`. Default `mqtt://127.0.0.1:1883`.
     pub url: String,
     /// Topic filters to subscribe to (QoS 1). Default `["sensors/#"]`.
     pub topics: Vec<String>,
@@ -52,6 +52,8 @@ pub struct MqttIngestConfig {
     pub client_id: Option<String>,
     /// File with the broker password (username = client id). Read at start, never logged.
     pub password_file: Option<PathBuf>,
+    /// `[ingest.mqtt.tls]`: trust and client certificate for an `mqtts://` broker.
+    pub tls: TlsConfig,
 }
 
 impl Default for MqttIngestConfig {
@@ -61,6 +63,7 @@ impl Default for MqttIngestConfig {
             topics: vec!["sensors/#".to_owned()],
             client_id: None,
             password_file: None,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -112,6 +115,40 @@ pub struct UpstreamConfig {
     pub ingest_tool: String,
     /// Name of the cursor tool. Default `edge_cursor`.
     pub cursor_tool: String,
+    /// `[upstream.tls]`: trust and client certificate for `https://` and `mqtts://`.
+    pub tls: TlsConfig,
+}
+
+/// A TLS client's settings (`[upstream.tls]`, `[ingest.mqtt.tls]`). Every file is PEM and is
+/// read again for each new connection, so a rotated certificate needs no restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA certificate(s) the server's chain must lead to. Set, it *replaces* the public (webpki)
+    /// roots unless `public_roots = true`: a private CA should not also trust every public one.
+    pub ca_file: Option<PathBuf>,
+    /// Also trust the public webpki roots. Default: only when `ca_file` is unset.
+    pub public_roots: Option<bool>,
+    /// Client certificate chain (leaf first) presented to servers that ask; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1); never logged. Under
+    /// systemd, pass it as a credential (`LoadCredential=`).
+    pub key_file: Option<PathBuf>,
+    /// Name the server certificate must carry, instead of the URL's host (e.g. when connecting
+    /// by IP address). SNI still sends the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// Whether the public roots are trusted: `public_roots`, by default only without `ca_file`.
+    pub fn trusts_public_roots(&self) -> bool {
+        self.public_roots.unwrap_or(self.ca_file.is_none())
+    }
+
+    /// True when nothing is set (the defaults: public roots, no client certificate).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl UpstreamConfig {
@@ -161,6 +198,12 @@ pub struct RelayConfig {
     pub batch_max_events: usize,
     /// Most encoded event bytes per call (one event always goes). Default 256 KiB.
     pub batch_max_bytes: usize,
+    /// Most `edge_ingest` calls outstanding at once (1 = stop-and-wait), 1..=64. Over HTTP
+    /// each takes its own pooled connection; over MQTT they share the session. Default 4.
+    pub max_in_flight: usize,
+    /// Send batches as `events_zstd` (zstd-compressed NDJSON) to an upstream whose ingest tool
+    /// lists it in its `inputSchema`; plain `events` to any other. Default true.
+    pub compress: bool,
     /// First reconnect delay, ms. Default 200.
     pub backoff_initial_ms: u64,
     /// Reconnect delay cap, ms. Default 30000.
@@ -233,6 +276,7 @@ impl Default for UpstreamConfig {
             token_file: None,
             ingest_tool: crate::contract::INGEST_TOOL.to_owned(),
             cursor_tool: crate::contract::CURSOR_TOOL.to_owned(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -254,6 +298,8 @@ impl Default for RelayConfig {
         Self {
             batch_max_events: 500,
             batch_max_bytes: 256 * 1024,
+            max_in_flight: 4,
+            compress: true,
             backoff_initial_ms: 200,
             backoff_max_ms: 30_000,
             request_timeout_ms: 10_000,
@@ -382,6 +428,11 @@ mod tests {
         assert!(format!("{err:#}").contains("overflow"), "{err:#}");
         let err = Config::from_toml("[relay]\nbatch_max_events = 0\n").unwrap_err();
         assert!(format!("{err:#}").contains("batch_max_events"), "{err:#}");
+        for window in [0, 65] {
+            let err = Config::from_toml(&format!("[relay]\nmax_in_flight = {window}\n"));
+            let err = format!("{:#}", err.unwrap_err());
+            assert!(err.contains("max_in_flight must be in 1..=64"), "{err}");
+        }
         let err = Config::from_toml("[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("upstream.url"), "{err:#}");
     }

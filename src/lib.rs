@@ -22,6 +22,7 @@
 //! - [`sink`]: the reference upstream (rmcp server + its sled store, or PostgreSQL for a fleet).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
+//! - [`tls`]: rustls client configs from PEM files, the sink's HTTPS, TLS errors in words.
 //! - [`probe`]: `edge-relay probe`, the era and contract check of an upstream.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`heartbeat`]: progress heartbeats of the relay and writer loops, the watchdog's verdict.
@@ -57,6 +58,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -137,7 +139,11 @@ pub async fn start_watched(
     let status = Arc::new(StatusBoard::default());
     let connector = match connector {
         Some(c) => c,
-        None => build_connector_counted(&config, Some(status.clone()))?,
+        None => {
+            let tls = upstream_tls(&config);
+            status.watch_client_cert(tls.clone());
+            build_connector_counted(&config, tls, Some(status.clone()))?
+        }
     };
     status.set_stores_moved_aside(aside::list(&config.data_dir));
     let relay_beat = Heartbeat::new(
@@ -168,10 +174,11 @@ pub async fn start_watched(
                 .map(Secret::from_file)
                 .transpose()
                 .context("ingest.mqtt.password_file")?;
-            Some(
+            let ingest =
                 ingest::mqtt::IngestMqtt::new(outbox.clone(), &config.gateway_id, mqtt, password)
-                    .max_event_bytes(config.ingest.http.max_event_bytes),
-            )
+                    .max_event_bytes(config.ingest.http.max_event_bytes);
+            status.watch_client_cert(ingest.tls().clone());
+            Some(ingest)
         }
         None => None,
     };
@@ -217,16 +224,29 @@ pub async fn start_watched(
 /// # Errors
 /// The token file cannot be read or the TLS client cannot be built.
 pub fn build_connector(config: &Config) -> anyhow::Result<Box<dyn Connector>> {
-    build_connector_counted(config, None)
+    build_connector_with(config, upstream_tls(config))
 }
 
-/// [`build_connector`]; with several `upstream.urls`, a [`uplink::failover::FailoverConnector`]
-/// over them that counts its failovers on `status`.
+/// As [`build_connector`], with the upstream's TLS settings given (whose clones share what
+/// its connections saw: the certificates for `/metrics` and `probe`).
+///
+/// # Errors
+/// As [`build_connector`].
+pub fn build_connector_with(
+    config: &Config,
+    tls: tls::ClientTls,
+) -> anyhow::Result<Box<dyn Connector>> {
+    build_connector_counted(config, tls, None)
+}
+
+/// [`build_connector_with`]; with several `upstream.urls`, a
+/// [`uplink::failover::FailoverConnector`] over them that counts its failovers on `status`.
 ///
 /// # Errors
 /// As [`build_connector`].
 pub fn build_connector_counted(
     config: &Config,
+    tls: tls::ClientTls,
     status: Option<Arc<StatusBoard>>,
 ) -> anyhow::Result<Box<dyn Connector>> {
     let token = config
@@ -240,12 +260,14 @@ pub fn build_connector_counted(
             Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
                 url,
                 token.clone(),
+                tls.clone(),
                 config.relay.request_timeout(),
             )?)),
             Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
                 url,
                 &config.upstream.server_name,
                 token.clone(),
+                tls.clone(),
                 &config.gateway_id,
             ))),
         }
@@ -262,6 +284,11 @@ pub fn build_connector_counted(
             )))
         }
     }
+}
+
+/// The upstream's TLS settings (`[upstream.tls]`), for either transport.
+pub fn upstream_tls(config: &Config) -> tls::ClientTls {
+    tls::ClientTls::new("upstream.tls", config.upstream.tls.clone())
 }
 
 impl Daemon {

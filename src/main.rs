@@ -9,8 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hyper::Method;
 
-use edge_relay::config::Config;
+use edge_relay::config::{Config, TlsConfig};
 use edge_relay::status::StatusReport;
+use edge_relay::tls::ClientTls;
+use edge_relay::tls::server::ServerTls;
 use edge_relay::{demo, local_client, logging, shutdown, sink};
 
 /// Durable, resumable relay of gateway events to an upstream MCP server.
@@ -102,7 +104,7 @@ enum Command {
         /// nodes may share one; README "Run a fleet").
         #[arg(long, env = "EDGE_RELAY_SINK_STORE", conflicts_with = "data_dir")]
         store: Option<String>,
-        /// Also serve over MCP over MQTT through this broker (mqtt://host[:port]).
+        /// Also serve over MCP over MQTT through this broker (mqtt://host[:port] or mqtts://...).
         #[arg(long)]
         mqtt: Option<String>,
         /// server-name announced over MQTT.
@@ -112,6 +114,24 @@ enum Command {
         /// no sessions), or only the legacy initialize revisions (up to 2025-11-25).
         #[arg(long, value_enum, default_value_t = sink::Eras::Both)]
         eras: sink::Eras,
+        /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by a CA in this PEM file (mutual TLS).
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// mqtts:// broker: trust only the CA(s) in this PEM file (default: the public roots).
+        #[arg(long, requires = "mqtt")]
+        mqtt_ca: Option<PathBuf>,
+        /// mqtts:// broker: present this client certificate (PEM); needs --mqtt-key.
+        #[arg(long, requires_all = ["mqtt", "mqtt_key"])]
+        mqtt_cert: Option<PathBuf>,
+        /// The private key of --mqtt-cert (PEM).
+        #[arg(long, requires = "mqtt_cert")]
+        mqtt_key: Option<PathBuf>,
     },
     /// End-to-end demo on the Daphnet recording, with upstream outages and a relay restart.
     Demo(demo::DemoOptions),
@@ -284,6 +304,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             mqtt,
             server_name,
             eras,
+            tls_cert,
+            tls_key,
+            client_ca,
+            mqtt_ca,
+            mqtt_cert,
+            mqtt_key,
         } => {
             let token = shutdown::on_signals()?;
             let mqtt = mqtt.map(|url| sink::mqtt::MqttServe {
@@ -292,11 +318,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 password: None,
                 reconnect_max: sink::mqtt::BACKOFF.1,
             });
-            let store = store.map_or(
-                sink::StoreLocation::Dir(data_dir),
-                sink::StoreLocation::Postgres,
-            );
-            sink::run(listen, &store, mqtt, eras, token).await?;
+            let mqtt_tls = TlsConfig {
+                ca_file: mqtt_ca,
+                cert_file: mqtt_cert,
+                key_file: mqtt_key,
+                ..TlsConfig::default()
+            };
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert_file, key_file)| ServerTls {
+                    cert_file,
+                    key_file,
+                    client_ca_file: client_ca,
+                });
+            let options = sink::SinkOptions {
+                listen,
+                store: store.map_or(
+                    sink::StoreLocation::Dir(data_dir),
+                    sink::StoreLocation::Postgres,
+                ),
+                mqtt,
+                mqtt_tls: Some(ClientTls::new("--mqtt", mqtt_tls)),
+                eras,
+                tls,
+            };
+            sink::run(options, token).await?;
         }
         Command::Demo(options) => return demo::run(options).await,
     }

@@ -345,20 +345,31 @@ impl Outbox {
         max_bytes: usize,
     ) -> Result<Vec<Event>, OutboxError> {
         let stats = self.stats();
-        self.events_before(
+        let mut out = Vec::new();
+        let limits = (max_events, max_bytes);
+        self.walk_before(
             after.max(stats.acked_seq),
             stats.next_seq,
-            max_events,
-            max_bytes,
-        )
+            limits,
+            |seq, encoded| {
+                let event = serde_json::from_slice(encoded).map_err(|e| OutboxError::Corrupt {
+                    seq,
+                    reason: e.to_string(),
+                })?;
+                out.push(event);
+                Ok(())
+            },
+        )?;
+        Ok(out)
     }
 
-    /// What to deliver after `cursor`: [`Outbox::batch_after`]'s events, and the gap of missing
-    /// seqs between `cursor` and them (dropped by `drop_oldest`, or acknowledged before an
-    /// upstream lost them), or up to the durable end when no event is left.
+    /// What to deliver after `cursor`: the events [`Outbox::batch_after`] would give, as they
+    /// are stored, and the gap of missing seqs between `cursor` and them (dropped by
+    /// `drop_oldest`, or acknowledged before an upstream lost them), or up to the durable end
+    /// when no event is left.
     ///
     /// # Errors
-    /// As [`Outbox::batch_after`].
+    /// [`OutboxError::Storage`], or [`OutboxError::Corrupt`] for a chunk that does not decode.
     pub fn next_delivery(
         &self,
         cursor: u64,
@@ -380,37 +391,48 @@ impl Outbox {
         max_bytes: usize,
     ) -> Result<Delivery, OutboxError> {
         let durable_end = stats.next_seq;
-        let events = self.events_before(
-            cursor.max(stats.acked_seq),
+        let mut delivery = Delivery::default();
+        let mut first_seq = None;
+        let after = cursor.max(stats.acked_seq);
+        self.walk_before(
+            after,
             durable_end,
-            max_events,
-            max_bytes,
+            (max_events, max_bytes),
+            |seq, encoded| {
+                if first_seq.is_some() {
+                    delivery.ndjson.push(b'\n');
+                }
+                first_seq.get_or_insert(seq);
+                delivery.ndjson.extend_from_slice(encoded);
+                delivery.count += 1;
+                delivery.last_seq = Some(seq);
+                Ok(())
+            },
         )?;
-        let gap_end = events
-            .first()
-            .map_or(durable_end.saturating_sub(1), |e| e.seq - 1);
-        let gap = (gap_end > cursor).then_some(Gap {
+        let gap_end = first_seq.map_or(durable_end.saturating_sub(1), |seq| seq - 1);
+        delivery.gap = (gap_end > cursor).then_some(Gap {
             dropped_from: cursor + 1,
             dropped_to: gap_end,
         });
-        Ok(Delivery { events, gap })
+        Ok(delivery)
     }
 
-    /// [`Outbox::batch_after`] below `durable_end`.
+    /// Hands `(seq, encoded JSON)` of up to `limits.0` events with `after < seq < durable_end`
+    /// to `each`, in seq order, stopping before `limits.1` bytes of JSON would be exceeded
+    /// (the first event always goes).
     ///
     /// A chunk found incomplete is one `drop_oldest` is deleting while this reads (only the
     /// oldest chunks are ever deleted): it is skipped, and its seqs show as a gap.
-    fn events_before(
+    fn walk_before(
         &self,
         after: u64,
         durable_end: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Event>, OutboxError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
+        (max_events, max_bytes): (usize, usize),
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), OutboxError>,
+    ) -> Result<(), OutboxError> {
+        let (mut count, mut bytes) = (0usize, 0usize);
         if after.saturating_add(1) >= durable_end {
-            return Ok(out);
+            return Ok(());
         }
         let tree = self.tree()?;
         'chunks: for stored in chunk::from_seq(&tree, after + 1) {
@@ -420,7 +442,7 @@ impl Outbox {
             }
             let events = match stored.events() {
                 Ok(events) => events,
-                Err(chunk::ChunkError::Incomplete { .. }) if out.is_empty() => continue,
+                Err(chunk::ChunkError::Incomplete { .. }) if count == 0 => continue,
                 Err(e) => {
                     return Err(OutboxError::Corrupt {
                         seq: stored.first_seq,
@@ -433,30 +455,31 @@ impl Outbox {
                     continue;
                 }
                 if seq >= durable_end
-                    || (!out.is_empty()
-                        && (out.len() >= max_events || bytes + encoded.len() > max_bytes))
+                    || (count > 0 && (count >= max_events || bytes + encoded.len() > max_bytes))
                 {
                     break 'chunks;
                 }
                 bytes += encoded.len();
-                let event: Event =
-                    serde_json::from_slice(encoded).map_err(|e| OutboxError::Corrupt {
-                        seq,
-                        reason: e.to_string(),
-                    })?;
-                out.push(event);
+                count += 1;
+                each(seq, encoded)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-/// The relay's next `edge_ingest` content, from [`Outbox::next_delivery`].
-#[derive(Debug, Clone, PartialEq)]
+/// The relay's next `edge_ingest` content, from [`Outbox::next_delivery`]: the events as
+/// they are stored, so nothing is decoded on the way to the upstream.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delivery {
-    /// Events in seq order (may be empty).
-    pub events: Vec<Event>,
-    /// Missing seqs right after the cursor, before `events`; `None` when nothing is missing.
+    /// The events' JSON, one per line (`\n` between, none at the end), in seq order; empty
+    /// when there are none.
+    pub ndjson: Vec<u8>,
+    /// Events in `ndjson`.
+    pub count: usize,
+    /// Seq of the last event; `None` when there are none.
+    pub last_seq: Option<u64>,
+    /// Missing seqs right after the cursor, before the events; `None` when nothing is missing.
     pub gap: Option<Gap>,
 }
 

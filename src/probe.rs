@@ -10,22 +10,34 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::contract::CursorArgs;
 use crate::relay::Connector;
+use crate::tls::{ClientTls, x509};
 use crate::uplink::diagnose::Diagnosis;
 use crate::uplink::{EraChoice, SessionConfig};
 
 /// Runs the probe; returns the report text. `stream` is this gateway's stream, when known.
+/// Over TLS it also names the server's certificate (subject, expiry) and the client
+/// certificate this relay offers.
 ///
 /// # Errors
-/// Connecting fails, or the upstream does not meet the contract (the message lists every
-/// problem found).
+/// Connecting fails (with the server's certificate, if it sent one), or the upstream does not
+/// meet the contract (the message lists every problem found).
 pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<String> {
-    let connector = crate::build_connector(config)?;
+    let tls = crate::upstream_tls(config);
+    let connector = crate::build_connector_with(config, tls.clone())?;
     let session_config = SessionConfig::from_config(config);
     let mut out = String::new();
     let session = connector
         .connect(session_config.clone())
         .await
-        .with_context(|| format!("connecting to {}", connector.describe()))?;
+        .with_context(|| {
+            let seen = certificates(&tls);
+            let seen = if seen.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", seen.join("; "))
+            };
+            format!("connecting to {}{seen}", connector.describe())
+        })?;
     let negotiated = session.negotiated();
     let _ = writeln!(
         out,
@@ -35,6 +47,9 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         negotiated.era(),
         negotiated.version
     );
+    for line in certificates(&tls) {
+        let _ = writeln!(out, "{line}");
+    }
     let diagnosis = Diagnosis::of_session(&session, &session_config).await;
     let cursor = match (&diagnosis, stream) {
         (Ok(d), Some(stream)) if d.problems.is_empty() => {
@@ -77,6 +92,27 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         let problems = diagnosis.problems.join("\n  - ");
         anyhow::bail!("{out}contract NOT met:\n  - {problems}")
     }
+}
+
+/// `["server certificate: ...", "client certificate: ..."]` once a TLS handshake was tried;
+/// empty before (plain HTTP or MQTT).
+fn certificates(tls: &ClientTls) -> Vec<String> {
+    let Some(server) = tls.server_cert() else {
+        return Vec::new();
+    };
+    let client = match tls.client_cert() {
+        Ok(Some(c)) => format!("{}, expires {}", c.subject, x509::format_time(c.not_after)),
+        Ok(None) => format!("none ({}.cert_file unset)", tls.section()),
+        Err(e) => e.to_string(),
+    };
+    vec![
+        format!(
+            "server certificate: {}, expires {}",
+            server.subject,
+            x509::format_time(server.not_after)
+        ),
+        format!("client certificate: {client}"),
+    ]
 }
 
 /// Whether the server also serves the era not negotiated: a second session start forced to

@@ -6,23 +6,28 @@
 //! resends from the event after it (same seqs, new JSON-RPC id).
 
 pub mod backoff;
+pub mod window;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
-use crate::contract::{CursorArgs, IngestArgs};
+use crate::contract::{CursorArgs, EVENTS_ZSTD, IngestBatch};
 use crate::heartbeat::Heartbeat;
 use crate::outbox::{Delivery, Outbox, OutboxError};
 use crate::status::{StatusBoard, UpstreamState};
 use crate::uplink::diagnose::Diagnosis;
 use crate::uplink::{CLOSE_TIMEOUT, Session, SessionConfig, UplinkError};
 use backoff::Backoff;
+use window::Window;
 
 /// Longest an in-flight exchange (the `edge_cursor` or `edge_ingest` call) may run on after
 /// shutdown starts; then it is abandoned, which is safe: the upstream keeps what it stored and
@@ -230,7 +235,10 @@ impl Relay {
         RelayError::LacksContract { summary, refusal }
     }
 
-    /// One session's life: cursor, then batches until an error or shutdown (`Ok`).
+    /// One session's life: cursor, then batches until an error or shutdown (`Ok`): up to
+    /// `relay.max_in_flight` `edge_ingest` calls outstanding, sent in seq order, their answers
+    /// applied in that order ([`Window`]). On shutdown no new batch is sent and the calls
+    /// outstanding are awaited (bounded by [`SHUTDOWN_GRACE`] in [`Relay::run`]).
     async fn deliver(
         &self,
         session: &Session,
@@ -244,7 +252,7 @@ impl Relay {
                 stream,
             })
             .await?;
-        let mut cursor = ack.cursor();
+        let cursor = ack.cursor();
         let stats = self.outbox.stats();
         if cursor > stats.sent_seq {
             let violation = format!(
@@ -262,71 +270,94 @@ impl Relay {
         self.outbox.ack(cursor).await?;
         self.status.set_upstream(UpstreamState::Connected, None);
         log::info!(gateway = gateway, stream:% = stream, acked_seq = cursor; "resuming after the upstream's cursor");
+        let packed = self.config.compress && session.offers_packed().await?;
+        if packed {
+            log::info!(gateway = gateway, stream:% = stream; "the upstream takes {EVENTS_ZSTD}: batches go compressed");
+        }
         let mut changes = self.outbox.watch();
-        // The last batch's ack, committed with the next batch's sent mark (one fsync for both)
-        // or, when nothing follows, on its own.
+        let mut window = Window::new(cursor, self.config.max_in_flight);
+        // Calls sent and not yet answered, answered in the order they were sent.
+        let mut outstanding = FuturesOrdered::new();
+        // The cursor as last answered, committed with the next batch's sent mark (one fsync
+        // for both) or, when nothing follows, on its own.
         let mut pending_ack: Option<u64> = None;
         loop {
             self.heartbeat.beat();
-            if shutdown.is_cancelled() {
-                if let Some(acked) = pending_ack {
-                    self.outbox.ack(acked).await?;
+            let stopping = shutdown.is_cancelled();
+            while !stopping && window.has_room() {
+                changes.borrow_and_update();
+                let Delivery {
+                    ndjson,
+                    count,
+                    last_seq,
+                    gap,
+                } = self.outbox.next_delivery(
+                    window.last_sent(),
+                    self.config.batch_max_events,
+                    self.config.batch_max_bytes,
+                )?;
+                let Some(sent_to) = last_seq.or(gap.map(|g| g.dropped_to)) else {
+                    break;
+                };
+                if let Some(g) = gap {
+                    log::warn!(gateway = gateway, stream:% = stream, dropped_from = g.dropped_from, dropped_to = g.dropped_to;
+                        "reporting a gap of {} events to the upstream", g.dropped_to - g.dropped_from + 1);
                 }
-                return Ok(());
+                // Durably first: a cursor or ack can never delete what was never sent.
+                if sent_to > self.outbox.stats().sent_seq || pending_ack.is_some() {
+                    self.outbox.progress(pending_ack.take(), sent_to).await?;
+                }
+                window.sent(sent_to, count as u64);
+                let batch = IngestBatch {
+                    gateway: self.gateway.clone(),
+                    stream,
+                    ndjson,
+                    gap,
+                };
+                outstanding.push_back(async move {
+                    (sent_to, session.ingest_batch(&batch, packed).await)
+                });
             }
-            changes.borrow_and_update();
-            let Delivery { events, gap } = self.outbox.next_delivery(
-                cursor,
-                self.config.batch_max_events,
-                self.config.batch_max_bytes,
-            )?;
-            let Some(sent_to) = events.last().map(|e| e.seq).or(gap.map(|g| g.dropped_to)) else {
+            if outstanding.is_empty() {
                 if let Some(acked) = pending_ack.take() {
                     self.outbox.ack(acked).await?;
                     continue;
                 }
+                if stopping {
+                    return Ok(());
+                }
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => {}
                     r = changes.changed() => if r.is_err() { return Ok(()) },
                     () = self.heartbeat.tick() => {}
                 }
                 continue;
+            }
+            // The next answer; meanwhile new events may be sent while the window has room.
+            let (sent_to, answer) = tokio::select! {
+                Some(answered) = outstanding.next() => answered,
+                r = changes.changed(), if window.has_room() && !stopping => {
+                    if r.is_err() { return Ok(()) }
+                    continue;
+                }
+                () = shutdown.cancelled(), if !stopping => continue,
+                () = self.heartbeat.tick() => continue,
             };
-            let count = events.len() as u64;
-            if let Some(g) = gap {
-                log::warn!(gateway = gateway, stream:% = stream, dropped_from = g.dropped_from, dropped_to = g.dropped_to;
-                    "reporting a gap of {} events to the upstream", g.dropped_to - g.dropped_from + 1);
+            let before = window.cursor();
+            let covered = window.answer(answer?.cursor()).map_err(|violation| {
+                log::error!(gateway = gateway, stream:% = stream, acked_seq = window.cursor(); "contract violation: {violation}");
+                RelayError::Contract(violation)
+            })?;
+            if outstanding.is_empty() && !window.is_covered() {
+                window.settle().map_err(RelayError::Contract)?;
             }
-            // Durably first: a cursor or ack can never delete what was never sent.
-            if sent_to > self.outbox.stats().sent_seq || pending_ack.is_some() {
-                self.outbox.progress(pending_ack.take(), sent_to).await?;
+            let cursor = window.cursor();
+            if cursor > before {
+                pending_ack = Some(cursor);
+                self.status.delivered(covered);
+                log::debug!(gateway = gateway, stream:% = stream, last_seq = sent_to, acked_seq = cursor;
+                    "batch acknowledged");
             }
-            let ack = session
-                .ingest(&IngestArgs {
-                    gateway: self.gateway.clone(),
-                    stream,
-                    events,
-                    gap,
-                })
-                .await?;
-            let acked = ack.cursor();
-            if acked > sent_to {
-                let violation =
-                    format!("upstream acked seq {acked} but only up to {sent_to} was sent");
-                log::error!(gateway = gateway, stream:% = stream, acked_seq = acked; "contract violation: {violation}");
-                return Err(RelayError::Contract(violation));
-            }
-            if acked <= cursor {
-                return Err(RelayError::Contract(format!(
-                    "upstream stored nothing of seqs {}..={sent_to} (acked_seq {acked})",
-                    cursor + 1
-                )));
-            }
-            pending_ack = Some(acked);
-            self.status.delivered(count.min(acked - cursor));
-            log::debug!(gateway = gateway, stream:% = stream, seq = cursor + 1, last_seq = sent_to, acked_seq = acked;
-                "batch acknowledged");
-            cursor = acked;
         }
     }
 }

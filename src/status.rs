@@ -42,7 +42,17 @@ pub struct StatusBoard {
     sessions_expired: AtomicU64,
     upstream_failovers: AtomicU64,
     stores_moved_aside: Mutex<Vec<String>>,
+    client_tls: Mutex<Vec<crate::tls::ClientTls>>,
     changed: tokio::sync::watch::Sender<()>,
+}
+
+/// The client certificate a TLS client side presented on its last connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Its config section: `upstream.tls` or `ingest.mqtt.tls`.
+    pub section: String,
+    /// Its `notAfter`, Unix seconds (UTC).
+    pub not_after: i64,
 }
 
 /// `GET /v1/status` body.
@@ -85,6 +95,10 @@ pub struct StatusReport {
     /// whatever was undelivered in them. Empty when none.
     #[serde(default)]
     pub stores_moved_aside: Vec<String>,
+    /// Client certificates presented on the last connection of each TLS client side (read
+    /// again at every connection); empty before any, or without client certificates.
+    #[serde(default)]
+    pub client_certs: Vec<ClientCert>,
 }
 
 impl StatusBoard {
@@ -95,6 +109,14 @@ impl StatusBoard {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) =
             paths.iter().map(|p| p.display().to_string()).collect();
+    }
+
+    /// Reports the client certificate of `tls` (as loaded at its last connection).
+    pub fn watch_client_cert(&self, tls: crate::tls::ClientTls) {
+        self.client_tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tls);
     }
 
     /// Sets the uplink state; `error` replaces the last error when given.
@@ -175,6 +197,18 @@ impl StatusBoard {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            client_certs: self
+                .client_tls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter_map(|tls| {
+                    Some(ClientCert {
+                        section: tls.section().to_owned(),
+                        not_after: tls.client_not_after()?,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -262,6 +296,18 @@ impl StatusReport {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
+        }
+        if !self.client_certs.is_empty() {
+            let name = "edge_relay_tls_client_cert_expiry_seconds";
+            out.push_str(&format!(
+                "# HELP {name} Seconds until the client certificate presented on the last \
+                 connection expires (negative: expired).\n# TYPE {name} gauge\n"
+            ));
+            let now = crate::tls::x509::unix_now();
+            for cert in &self.client_certs {
+                let left = cert.not_after.saturating_sub(now);
+                out.push_str(&format!("{name}{{section=\"{}\"}} {left}\n", cert.section));
+            }
         }
         out
     }

@@ -152,6 +152,7 @@ mod tests {
 
     fn report(upstream: UpstreamState, error: Option<&str>) -> StatusReport {
         StatusReport {
+            client_certs: Vec::new(),
             gateway: "gw".into(),
             stream: Uuid::nil(),
             backlog_events: 12,

@@ -72,3 +72,69 @@ fn check_config_reports_a_toml_error_on_one_line() {
     let (ok, lines) = check("");
     assert!(ok, "{lines:#?}");
 }
+
+#[test]
+fn check_config_validates_the_tls_files() {
+    use support::certs::{Ca, Validity};
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path();
+    let ca = Ca::new(pki, "fleet");
+    let device = ca.client(pki, "device", "gw-01", Validity::Current);
+    let other = ca.client(pki, "other", "gw-02", Validity::Current);
+    let expired = ca.client(pki, "expired", "gw-03", Validity::Expired);
+    let data = pki.join("data");
+    let config = |upstream_url: &str, cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "data_dir = {data:?}\n[upstream]\nurl = \"{upstream_url}\"\n[upstream.tls]\n\
+             ca_file = {:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n",
+            ca.cert
+        )
+    };
+    // Control: good files pass.
+    let (ok, lines) = check(&config("https://upstream/mcp", &device.cert, &device.key));
+    assert!(ok, "{lines:#?}");
+
+    let (ok, lines) = check(&config("https://upstream/mcp", &device.cert, &other.key));
+    assert!(!ok && lines.len() == 1, "{lines:#?}");
+    let key = std::fs::read_to_string(&other.key).unwrap();
+    assert!(
+        !lines[0].contains(key.lines().nth(1).unwrap()),
+        "the key is never shown"
+    );
+    assert!(
+        lines[0].contains("upstream.tls.key_file") && lines[0].contains("does not match"),
+        "{lines:#?}"
+    );
+    let (ok, lines) = check(&config("https://upstream/mcp", &expired.cert, &expired.key));
+    assert!(!ok && lines.len() == 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("upstream.tls.cert_file") && lines[0].contains("expired"),
+        "{lines:#?}"
+    );
+    let (ok, lines) = check(&config("https://upstream/mcp", &device.key, &device.key));
+    assert!(!ok && lines.len() == 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("upstream.tls.cert_file") && lines[0].contains("no PEM CERTIFICATE"),
+        "{lines:#?}"
+    );
+    let missing = pki.join("missing.key");
+    let (ok, lines) = check(&config("http://upstream/mcp", &device.cert, &missing));
+    assert!(!ok && lines.len() == 2, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("is not https://")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("upstream.tls.key_file") && l.contains("cannot read")),
+        "{lines:#?}"
+    );
+    let text = format!(
+        "data_dir = {data:?}\n[ingest.mqtt]\nurl = \"mqtts://broker\"\n[ingest.mqtt.tls]\n\
+         ca_file = {missing:?}\n"
+    );
+    let (ok, lines) = check(&text);
+    assert!(!ok && lines.len() == 1, "{lines:#?}");
+    assert!(lines[0].contains("ingest.mqtt.tls.ca_file"), "{lines:#?}");
+}

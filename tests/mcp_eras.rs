@@ -6,7 +6,7 @@
 mod support;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edge_relay::audit::audit;
@@ -30,8 +30,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 use support::process::{BINARY, write_config};
+use support::recording::{recording_proxy, requests};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Events per relay run: a few batches (`batch_max_events` is 200 in `relay_config`).
@@ -380,35 +380,6 @@ async fn a_refused_tool_call_reports_what_the_upstream_lacks() {
     sink.stop().await;
 }
 
-/// A TCP proxy to `target` that keeps every byte the client sends (HTTP/1.1 in clear).
-async fn recording_proxy(
-    target: std::net::SocketAddr,
-) -> (std::net::SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let record = sent.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = tokio::net::TcpStream::connect(target).await.unwrap();
-            let ((mut client_rx, mut client_tx), (mut server_rx, mut server_tx)) =
-                (client.into_split(), server.into_split());
-            tokio::spawn(async move { tokio::io::copy(&mut server_rx, &mut client_tx).await });
-            let record = record.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0; 64 * 1024];
-                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
-                    record.lock().unwrap().extend_from_slice(&buf[..n]);
-                    if server_tx.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (addr, sent)
-}
-
 /// The relay's HTTP requests to a sink serving `eras` (one event delivered, then a stop),
 /// each as its lower-cased head and body.
 async fn relay_requests(eras: Eras) -> Vec<String> {
@@ -422,27 +393,7 @@ async fn relay_requests(eras: Eras) -> Vec<String> {
     drained(&relay).await;
     relay.stop().await;
     sink.stop().await;
-    let text = String::from_utf8_lossy(&sent.lock().unwrap()).to_lowercase();
-    // A request starts at a request line; a body has no line end, so search the whole text.
-    let is_start = |i: usize| {
-        ["post /", "get /", "delete /"]
-            .iter()
-            .any(|m| text[i..].starts_with(m))
-            && text[i..]
-                .split("\r\n")
-                .next()
-                .is_some_and(|l| l.ends_with(" http/1.1"))
-    };
-    let starts: Vec<usize> = (0..text.len())
-        .filter(|&i| text.is_char_boundary(i) && is_start(i))
-        .collect();
-    let ends = starts.iter().skip(1).copied().chain([text.len()]);
-    let requests: Vec<String> = starts
-        .iter()
-        .zip(ends)
-        .map(|(&a, b)| text[a..b].to_owned())
-        .collect();
-    requests
+    requests(&sent.lock().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

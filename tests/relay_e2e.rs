@@ -225,6 +225,7 @@ async fn a_cursor_above_what_was_sent_deletes_nothing() {
             gateway: "test-gw".into(),
             stream,
             events: fake,
+            events_zstd: None,
             gap: None,
         };
         assert_eq!(store.ingest(&args).await.unwrap().acked_seq, Some(80));

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::{Config, Secret, Transport};
+use super::{Config, Secret, TlsConfig, Transport};
+use crate::tls::{ClientTls, x509};
 
 impl Config {
     /// Every value that `run` would refuse or crash on: empty names, bounds, unusable URLs.
@@ -76,6 +77,10 @@ impl Config {
             "relay.batch_max_bytes must be at least 1024",
         );
         check(
+            (1..=64).contains(&relay.max_in_flight),
+            "relay.max_in_flight must be in 1..=64",
+        );
+        check(
             relay.backoff_initial_ms >= 1 && relay.backoff_initial_ms <= relay.backoff_max_ms,
             "relay.backoff_initial_ms must be >= 1 and <= backoff_max_ms",
         );
@@ -93,7 +98,7 @@ impl Config {
         );
         let schemes: &[&str] = match up.transport {
             Transport::Http => &["http", "https"],
-            Transport::Mqtt => &["mqtt"],
+            Transport::Mqtt => &["mqtt", "mqtts"],
         };
         // `urls`, when set, replaces `url` (which then keeps its default, unused).
         if up.urls.is_empty() {
@@ -102,8 +107,25 @@ impl Config {
         for (i, url) in up.urls.iter().enumerate() {
             out.extend(url_problem(&format!("upstream.urls[{i}]"), url, schemes));
         }
+        for url in up.endpoints() {
+            out.extend(tls_problems("upstream", url, &up.tls));
+        }
         if let Some(mqtt) = &self.ingest.mqtt {
-            out.extend(url_problem("ingest.mqtt.url", &mqtt.url, &["mqtt"]));
+            out.extend(url_problem(
+                "ingest.mqtt.url",
+                &mqtt.url,
+                &["mqtt", "mqtts"],
+            ));
+            out.extend(tls_problems("ingest.mqtt", &mqtt.url, &mqtt.tls));
+        }
+        out
+    }
+
+    /// The TLS settings that are in use (`[upstream.tls]`, `[ingest.mqtt.tls]`).
+    fn tls_sections(&self) -> Vec<ClientTls> {
+        let mut out = vec![crate::upstream_tls(self)];
+        if let Some(mqtt) = &self.ingest.mqtt {
+            out.push(ClientTls::new("ingest.mqtt.tls", mqtt.tls.clone()));
         }
         out
     }
@@ -134,6 +156,29 @@ impl Config {
                 out.push(format!("{key}: {e:#}"));
             }
         }
+        for tls in self
+            .tls_sections()
+            .into_iter()
+            .filter(|t| !t.config().is_empty())
+        {
+            // Files exist and parse, the key is the certificate's, the certificate is current.
+            if let Err(e) = tls.load() {
+                out.push(e.to_string());
+            } else if let Ok(Some(cert)) = tls.client_cert()
+                && cert.not_after < x509::unix_now()
+            {
+                out.push(format!(
+                    "{}.cert_file {}: the certificate expired {}",
+                    tls.section(),
+                    tls.config()
+                        .cert_file
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display(),
+                    x509::format_time(cert.not_after)
+                ));
+            }
+        }
         out
     }
 }
@@ -158,6 +203,37 @@ pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
         .take(80)
         .collect();
     format!("line {line}, column {column} ({source}): {message}")
+}
+
+/// What is wrong with the TLS table of `section` (`upstream`, `ingest.mqtt`) for `url`: half a
+/// client certificate, no root to trust, a table that a plain-text URL would ignore.
+fn tls_problems(section: &str, url: &str, tls: &TlsConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        out.push(format!(
+            "{section}.tls.cert_file and {section}.tls.key_file go together"
+        ));
+    }
+    if tls.ca_file.is_none() && !tls.trusts_public_roots() {
+        out.push(format!(
+            "{section}.tls.public_roots = false needs {section}.tls.ca_file"
+        ));
+    }
+    if let Some(name) = &tls.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        out.push(format!(
+            "{section}.tls.server_name {name:?} is not a DNS name or IP address"
+        ));
+    }
+    let secure = url.starts_with("https://") || url.starts_with("mqtts://");
+    if !tls.is_empty() && !secure {
+        out.push(format!(
+            "{section}.tls is set but {section}.url {:?} is not https:// or mqtts://",
+            crate::redact::url(url)
+        ));
+    }
+    out
 }
 
 /// Why `url` cannot be used for `key`: unparsable, another scheme, no host, a bad port.

@@ -43,6 +43,7 @@ use crate::event::{DEFAULT_MAX_EVENT_BYTES, MAX_SOURCE_LEN, NewEvent};
 use crate::mqtt::link::{Acker, Link, LinkOptions, MqttError};
 use crate::outbox::{Outbox, OutboxError};
 use crate::relay::backoff::Backoff;
+use crate::tls::ClientTls;
 
 /// `kind` of an event made from an MQTT message.
 pub const KIND: &str = "mqtt";
@@ -78,6 +79,7 @@ pub struct IngestMqtt {
     client_id: String,
     topics: Vec<String>,
     password: Option<Secret>,
+    tls: ClientTls,
     max_event_bytes: usize,
 }
 
@@ -100,6 +102,7 @@ impl IngestMqtt {
                 .unwrap_or_else(|| format!("edge-relay-ingest-{gateway}")),
             topics: config.topics.clone(),
             password,
+            tls: ClientTls::new("ingest.mqtt.tls", config.tls.clone()),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
     }
@@ -132,6 +135,11 @@ impl IngestMqtt {
         log::info!("mqtt ingest stopped");
     }
 
+    /// The TLS settings of an `mqtts://` broker (`[ingest.mqtt.tls]`).
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
+    }
+
     /// One connection: connect, subscribe, commit-and-ack batches until an error or shutdown
     /// (`Ok`), then let the queued PUBACKs and a DISCONNECT go out.
     async fn session(
@@ -141,6 +149,7 @@ impl IngestMqtt {
     ) -> anyhow::Result<()> {
         let options = LinkOptions {
             url: self.url.clone(),
+            tls: Some(self.tls.clone()),
             client_id: self.client_id.clone(),
             component: None,
             meta: None,

@@ -11,16 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, LastWill, LastWillProperties, Packet, Publish, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
+use crate::tls::ClientTls;
 
 /// Largest MQTT packet we accept and advertise in CONNECT (rumqttc's default is 10 KiB).
 pub const MAX_PACKET_BYTES: u32 = 8 * 1024 * 1024;
@@ -38,9 +39,12 @@ pub const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
 /// MQTT failures, named after what was being attempted.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// The URL is not `mqtt://host[:port]`.
-    #[error("bad MQTT URL {0:?}: expected mqtt://host[:port]")]
+    /// The URL is not `mqtt://host[:port]` or `mqtts://host[:port]`.
+    #[error("bad MQTT URL {0:?}: expected mqtt://host[:port] or mqtts://host[:port]")]
     Url(String),
+    /// The TLS settings could not be used (a file unreadable, a key not matching...).
+    #[error("TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// No CONNACK within the timeout.
     #[error("timed out after {0:?} waiting for CONNACK")]
     ConnectTimeout(Duration),
@@ -66,8 +70,11 @@ pub enum MqttError {
 /// How to open a link.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
-    /// `mqtt://host[:port]` (port 1883 by default).
+    /// `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (8883).
     pub url: String,
+    /// For `mqtts://`: trust, client certificate and server-name override, read from their
+    /// files at each connect. `None`: the public roots, no client certificate.
+    pub tls: Option<ClientTls>,
     /// MQTT client id (also the MCP server-id or mcp-client-id).
     pub client_id: String,
     /// `MCP-COMPONENT-TYPE` for CONNECT and PUBLISH user properties; `None` for plain MQTT.
@@ -105,29 +112,44 @@ pub struct Link {
     reason: Arc<Mutex<Option<String>>>,
 }
 
-fn parse_url(url: &str) -> Result<(String, u16), MqttError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| MqttError::Url(url.to_owned()))?
-        .trim_end_matches('/');
+/// `(host, port, tls)` of an `mqtt://` or `mqtts://` URL.
+fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
+    let (rest, default_port, tls) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (rest, 8883, true)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (rest, 1883, false)
+    } else {
+        return Err(MqttError::Url(url.to_owned()));
+    };
+    let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().map_err(|_| MqttError::Url(url.to_owned()))?),
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     if host.is_empty() {
         return Err(MqttError::Url(url.to_owned()));
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, tls))
 }
 
 impl Link {
     /// Connects and waits for CONNACK within `timeout`; then a task drives the connection.
     ///
     /// # Errors
-    /// [`MqttError::Url`], [`MqttError::ConnectTimeout`] or [`MqttError::Connect`].
+    /// [`MqttError::Url`], [`MqttError::Tls`], [`MqttError::ConnectTimeout`] or
+    /// [`MqttError::Connect`] (a TLS failure said in words: which side, which setting).
     pub async fn connect(opts: LinkOptions, timeout: Duration) -> Result<Link, MqttError> {
-        let (host, port) = parse_url(&opts.url)?;
+        let (host, port, tls) = parse_url(&opts.url)?;
         let mut mqtt = MqttOptions::new(opts.client_id.clone(), host, port);
+        let tls = tls.then(|| {
+            opts.tls
+                .clone()
+                .unwrap_or_else(|| ClientTls::new("tls", Default::default()))
+        });
+        if let Some(tls) = &tls {
+            let config = tls.load()?;
+            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
         mqtt.set_keep_alive(KEEP_ALIVE)
             .set_clean_start(opts.persistent_session.is_none())
             .set_manual_acks(opts.manual_acks)
@@ -135,6 +157,11 @@ impl Link {
             .set_connection_timeout(timeout.as_secs().max(1));
         mqtt.set_session_expiry_interval(Some(opts.persistent_session.unwrap_or(0)));
         mqtt.set_max_packet_size(Some(MAX_PACKET_BYTES));
+        // Requests and answers are small writes each way: with Nagle on, an answer can wait for
+        // the delayed ACK of the previous segment (up to 40 ms on Linux) before it leaves.
+        let mut network = mqtt.network_options();
+        network.set_tcp_nodelay(true);
+        mqtt.set_network_options(network);
         let mut user_properties = Vec::new();
         let mut connect_props = Vec::new();
         if let Some(component) = opts.component {
@@ -177,7 +204,7 @@ impl Link {
             mqtt.set_credentials(opts.client_id.clone(), password.expose());
         }
         let (client, mut eventloop) = AsyncClient::new(mqtt, REQUEST_QUEUE);
-        let connack = tokio::time::timeout(timeout, wait_connack(&mut eventloop))
+        let connack = tokio::time::timeout(timeout, wait_connack(&mut eventloop, tls.as_ref()))
             .await
             .map_err(|_| MqttError::ConnectTimeout(timeout))??;
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
@@ -421,7 +448,10 @@ impl Publisher {
     }
 }
 
-async fn wait_connack(eventloop: &mut EventLoop) -> Result<Vec<(String, String)>, MqttError> {
+async fn wait_connack(
+    eventloop: &mut EventLoop,
+    tls: Option<&ClientTls>,
+) -> Result<Vec<(String, String)>, MqttError> {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -431,7 +461,12 @@ async fn wait_connack(eventloop: &mut EventLoop) -> Result<Vec<(String, String)>
                     .unwrap_or_default());
             }
             Ok(_) => continue,
-            Err(e) => return Err(MqttError::Connect(e.to_string())),
+            Err(e) => {
+                let explained = tls.and_then(|t| t.explain_chain(&e));
+                return Err(MqttError::Connect(
+                    explained.unwrap_or_else(|| e.to_string()),
+                ));
+            }
         }
     }
 }
@@ -495,11 +530,19 @@ mod tests {
     fn parses_urls() {
         assert_eq!(
             parse_url("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".into(), 1884)
+            ("127.0.0.1".into(), 1884, false)
         );
         assert_eq!(
             parse_url("mqtt://broker/").unwrap(),
-            ("broker".into(), 1883)
+            ("broker".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker").unwrap(),
+            ("broker".into(), 8883, true)
+        );
+        assert_eq!(
+            parse_url("mqtts://127.0.0.1:8884").unwrap(),
+            ("127.0.0.1".into(), 8884, true)
         );
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://:1").is_err());

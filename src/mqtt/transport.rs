@@ -49,15 +49,26 @@ pub struct MqttTransport<R: ServiceRole> {
     _role: PhantomData<R>,
 }
 
+/// Whether `payload` is a JSON-RPC message whose `method` is `method`. Reads the method
+/// without building the rest of the message (a batch of events can be large).
+pub fn has_method(payload: &[u8], method: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Head>(payload).is_ok_and(|h| h.method.as_deref() == Some(method))
+}
+
+/// Whether the peer said `notifications/disconnected` (mcp-over-mqtt §Disconnect).
+pub fn is_disconnected(payload: &[u8]) -> bool {
+    has_method(payload, "notifications/disconnected")
+}
+
 /// True for a request that opens a session and so goes to the server control topic:
 /// `initialize` (mcp-over-mqtt §Initialization) or `server/discover` (MCP 2026-07-28).
 fn opens_session(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|v| {
-        matches!(
-            v.get("method").and_then(|m| m.as_str()),
-            Some("initialize" | "server/discover")
-        )
-    })
+    has_method(payload, "initialize") || has_method(payload, "server/discover")
 }
 
 impl<R: ServiceRole> MqttTransport<R> {

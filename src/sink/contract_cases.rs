@@ -67,6 +67,7 @@ pub fn batch(stream: Uuid, seqs: &[u64], gap: Option<(u64, u64)>) -> IngestArgs 
         gateway: "gw-01".into(),
         stream,
         events: seqs.iter().map(|&seq| event(seq)).collect(),
+        events_zstd: None,
         gap: gap.map(|(from, to)| gap_of(from, to)),
     }
 }

@@ -24,6 +24,26 @@ pub use postgres::PgStore;
 pub use server::{HttpOptions, SinkService, serve_http, serve_http_options, serve_http_with};
 pub use store::{SinkError, SinkStore};
 
+use crate::tls::ClientTls;
+use crate::tls::server::{ServerTls, TlsListener};
+
+/// What `edge-relay sink` serves, and where.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// HTTP(S) listen address.
+    pub listen: SocketAddr,
+    /// Where the sink stores what it receives: its own sled dir, or PostgreSQL.
+    pub store: StoreLocation,
+    /// Also serve over MCP over MQTT through this broker.
+    pub mqtt: Option<mqtt::MqttServe>,
+    /// TLS settings for an `mqtts://` broker (`--mqtt-ca`, `--mqtt-cert`, `--mqtt-key`).
+    pub mqtt_tls: Option<ClientTls>,
+    /// MCP revisions served.
+    pub eras: Eras,
+    /// Serve HTTPS with these files instead of plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
 /// Where a sink node keeps what it receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -57,19 +77,23 @@ impl StoreLocation {
 }
 
 /// `edge-relay sink`: opens (creating if needed) the store at `store`, binds `listen` and
-/// serves the MCP endpoint at `http://{listen}/mcp` until `shutdown`; with `mqtt`, also serves
-/// the same tools and store over MCP over MQTT. Both serve the MCP revisions of `eras`.
+/// serves the MCP endpoint at `http://{listen}/mcp` (`https://` with `tls`) until `shutdown`;
+/// with `mqtt`, also serves the same tools and store over MCP over MQTT. Both serve the MCP
+/// revisions of `eras`.
 ///
 /// # Errors
-/// The store cannot be opened ([`StoreLocation::open`]), the address cannot be bound, or
-/// [`serve_http`] fails.
-pub async fn run(
-    listen: SocketAddr,
-    store: &StoreLocation,
-    mqtt: Option<mqtt::MqttServe>,
-    eras: Eras,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// The store cannot be opened ([`StoreLocation::open`]), the address cannot be bound, a TLS
+/// file is unusable, or [`serve_http`] fails.
+pub async fn run(options: SinkOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let SinkOptions {
+        listen,
+        store,
+        mqtt,
+        mqtt_tls,
+        eras,
+        tls,
+    } = options;
+    let server_tls = tls.as_ref().map(ServerTls::load).transpose()?;
     let store = store.open().await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -77,14 +101,23 @@ pub async fn run(
     let streams = store.streams().await?.len();
     log::info!(streams = streams; "sink store open");
     let over_mqtt = mqtt.map(|opts| {
-        let serve = mqtt::serve_mqtt_eras(opts, eras, store.clone(), shutdown.clone());
+        let serve = mqtt::serve_mqtt_tls(opts, mqtt_tls, eras, store.clone(), shutdown.clone());
         tokio::spawn(serve)
     });
     let options = HttpOptions {
         eras,
         ..HttpOptions::default()
     };
-    serve_http_options(listener, store, shutdown, options).await?;
+    match server_tls {
+        Some(config) => {
+            let client_certs = tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+            log::info!(client_certificates_required = client_certs;
+                "sink: TLS on; the MCP endpoint is https://{listen}{}", server::MCP_PATH);
+            let listener = TlsListener::new(listener, config);
+            serve_http_options(listener, store, shutdown, options).await?;
+        }
+        None => serve_http_options(listener, store, shutdown, options).await?,
+    }
     if let Some(task) = over_mqtt {
         task.await??;
     }

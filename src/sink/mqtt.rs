@@ -19,8 +19,9 @@ use super::server::SinkService;
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
-use crate::mqtt::transport::{Inbox, MqttTransport};
+use crate::mqtt::transport::{Inbox, MqttTransport, is_disconnected};
 use crate::relay::backoff::Backoff;
+use crate::tls::ClientTls;
 
 /// Timeout of CONNACK and SUBACK waits.
 pub const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,7 +31,7 @@ pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration:
 /// How the sink appears on the broker.
 #[derive(Debug, Clone)]
 pub struct MqttServe {
-    /// Broker, `mqtt://host[:port]`.
+    /// Broker, `mqtt://host[:port]` or `mqtts://host[:port]`.
     pub url: String,
     /// server-name, e.g. `edge/ingest` (a broker-suggested `MCP-SERVER-NAME` wins).
     pub server_name: String,
@@ -71,6 +72,21 @@ pub async fn serve_mqtt_eras(
     store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_mqtt_tls(opts, None, eras, store, shutdown).await
+}
+
+/// [`serve_mqtt_eras`] with TLS settings for an `mqtts://` broker (read at each connect;
+/// `None`: the public roots, no client certificate).
+///
+/// # Errors
+/// As [`serve_mqtt`].
+pub async fn serve_mqtt_tls(
+    opts: MqttServe,
+    tls: Option<ClientTls>,
+    eras: Eras,
+    store: impl Into<SinkBackend>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         topics::valid_server_name(&opts.server_name),
         "bad server name {:?}: use a hierarchical name like edge/ingest",
@@ -81,7 +97,7 @@ pub async fn serve_mqtt_eras(
     let service = SinkService::new(store).with_eras(eras);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        let err = match serve_once(&opts, &name, &service, &shutdown).await {
+        let err = match serve_once(&opts, tls.as_ref(), &name, &service, &shutdown).await {
             Ok(None) => return Ok(()),
             Ok(Some(suggested)) => {
                 log::info!(server_name = suggested.as_str(); "sink: the broker suggested a server name; reconnecting with it");
@@ -89,7 +105,9 @@ pub async fn serve_mqtt_eras(
                 continue;
             }
             Err(MqttError::Url(u)) => {
-                anyhow::bail!("bad MQTT URL {u:?}: expected mqtt://host[:port]")
+                anyhow::bail!(
+                    "bad MQTT URL {u:?}: expected mqtt://host[:port] or mqtts://host[:port]"
+                )
             }
             Err(e) => e,
         };
@@ -108,6 +126,7 @@ pub async fn serve_mqtt_eras(
 /// broker-suggested name; `Err`: the connection failed or was lost.
 async fn serve_once(
     opts: &MqttServe,
+    tls: Option<&ClientTls>,
     name: &str,
     service: &SinkService,
     shutdown: &CancellationToken,
@@ -117,6 +136,7 @@ async fn serve_once(
     let mut link = Link::connect(
         LinkOptions {
             url: opts.url.clone(),
+            tls: tls.cloned(),
             client_id: server_id.clone(),
             component: Some(topics::SERVER),
             meta: Some(
@@ -215,11 +235,6 @@ fn sender_id(publish: &Publish) -> Option<String> {
         return None;
     }
     id
-}
-
-fn is_disconnected(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v["method"] == "notifications/disconnected")
 }
 
 /// Subscribes to the client's RPC (No Local), presence and capability topics before answering

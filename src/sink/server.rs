@@ -92,8 +92,12 @@ impl SinkService {
         annotations(idempotent_hint = true, read_only_hint = false, destructive_hint = false)
     )]
     async fn edge_ingest(&self, Parameters(args): Parameters<IngestArgs>) -> CallToolResult {
-        let result = self.store.ingest(&args).await;
-        answer("edge_ingest", &args.gateway, args.stream, result)
+        let (gateway, stream) = (args.gateway.clone(), args.stream);
+        let result = match args.expanded(crate::contract::packed::MAX_UNPACKED_BYTES) {
+            Ok(args) => self.store.ingest(&args).await,
+            Err(reason) => Err(SinkError::InvalidBatch(reason)),
+        };
+        answer("edge_ingest", &gateway, stream, result)
     }
 
     /// `edge_cursor`: answer the contiguous mark; changes nothing.

@@ -110,7 +110,7 @@ impl SinkStore {
     pub async fn ingest(&self, args: &IngestArgs) -> Result<Ack, SinkError> {
         validate(args)?;
         let skey = stream_key(&args.gateway, args.stream);
-        let _guard = self.lock(&skey).lock().await;
+        let guard = self.lock(&skey).lock().await;
         let existing = self.record(&skey)?;
         if existing.is_none() && args.events.is_empty() && args.gap.is_none() {
             return Ok(NO_ACK);
@@ -143,6 +143,9 @@ impl SinkStore {
                 Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(())
             })?;
         }
+        // The next batch of this stream may go on while this one is synced: whatever it reads
+        // of this one's writes, its own answer waits for a sync that starts after them.
+        drop(guard);
         // Also covers a duplicate-only batch: an earlier call's failed fsync must not be acked.
         self.sync.flush(&self.db).await?;
 

@@ -13,6 +13,7 @@ use super::http_client::{DefaultConnector, HttpTimeouts, HyperHttpClient};
 use super::{Session, SessionConfig, UplinkError};
 use crate::config::Secret;
 use crate::relay::Connector;
+use crate::tls::ClientTls;
 
 /// TCP (and TLS) connect timeout of the HTTP uplink.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,21 +29,23 @@ pub struct HttpConnector<C = DefaultConnector> {
 }
 
 impl HttpConnector {
-    /// A connector for the MCP endpoint `url` (`http://` or `https://`, TLS by rustls with the
-    /// webpki roots), sending `Authorization: Bearer <token>` when a token is given.
-    /// `request_timeout` bounds the wait for each response's headers.
+    /// A connector for the MCP endpoint `url` (`http://` or `https://`, TLS by rustls per
+    /// `tls`, its files read for each new connection), sending `Authorization: Bearer <token>`
+    /// when a token is given. `request_timeout` bounds the wait for each response's headers.
     ///
     /// # Errors
-    /// The TLS client could not be built.
+    /// A timeout is zero.
     pub fn new(
         url: &str,
         token: Option<Secret>,
+        tls: ClientTls,
         request_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let client = HyperHttpClient::new(HttpTimeouts {
+        let timeouts = HttpTimeouts {
             connect: CONNECT_TIMEOUT,
             response_headers: request_timeout,
-        })?;
+        };
+        let client = HyperHttpClient::with_tls(timeouts, tls)?;
         Ok(Self::with_client(url, token, client))
     }
 }

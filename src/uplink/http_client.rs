@@ -8,7 +8,6 @@ use http::request::Builder as RequestBuilder;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -23,6 +22,9 @@ use rmcp::transport::streamable_http_client::{
 use sse_stream::{Error as SseError, Sse, SseStream};
 
 use answers::{error_answer, retry_after};
+
+use crate::config::TlsConfig;
+use crate::tls::ClientTls;
 
 /// Default bound on establishing one TCP connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,10 +114,10 @@ impl Default for HttpTimeouts {
 }
 
 /// The production connector: TCP by hyper-util's resolver, TLS by rustls for `https://`.
-pub type DefaultConnector = HttpsConnector<HttpConnector>;
+pub type DefaultConnector = super::https::HttpsConnector;
 
 /// rmcp [`StreamableHttpClient`] on a pooled HTTP/1.1 hyper client for `http://` and `https://`
-/// (rustls, ring, webpki roots). Clones share the connection pool.
+/// (rustls, ring; `[upstream.tls]` or the webpki roots). Clones share the connection pool.
 ///
 /// `C` is the `connect` side of the network seam: any hyper-util [`Connect`] (a tower
 /// `Service<Uri>`); [`HyperHttpClient::new`] uses [`DefaultConnector`], the partition suite a
@@ -127,19 +129,22 @@ pub struct HyperHttpClient<C = DefaultConnector> {
 }
 
 impl HyperHttpClient {
-    /// Builds the client. Errors with [`HttpClientError::Config`] if a timeout is zero.
+    /// Builds the client, trusting the webpki roots for `https://`. Errors with
+    /// [`HttpClientError::Config`] if a timeout is zero.
     pub fn new(timeouts: HttpTimeouts) -> Result<Self, HttpClientError> {
+        Self::with_tls(
+            timeouts,
+            ClientTls::new("upstream.tls", TlsConfig::default()),
+        )
+    }
+
+    /// Builds the client with `tls` for `https://`: its files are read for each new
+    /// connection. Errors with [`HttpClientError::Config`] if a timeout is zero.
+    pub fn with_tls(timeouts: HttpTimeouts, tls: ClientTls) -> Result<Self, HttpClientError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeouts.connect));
-        // rustls picks its provider from crate features: only `ring` is on (via hyper-rustls);
-        // if another crate also enabled aws-lc-rs, this call would panic.
-        let https = HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Self::with_connector(https, timeouts)
+        Self::with_connector(super::https::HttpsConnector::new(http, tls), timeouts)
     }
 }
 

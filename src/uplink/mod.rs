@@ -4,7 +4,8 @@
 //! - [`session`]: one session, its era, the `edge_cursor` / `edge_ingest` calls.
 //! - [`error`]: [`UplinkError`] and the mapping from rmcp's errors.
 //! - [`diagnose`]: the contract check of a server's tools (`probe`, and `run` after a refusal).
-//! - [`http`], [`http_client`]: Streamable HTTP over hyper; [`mqtt`]: MCP over MQTT.
+//! - [`http`], [`http_client`]: Streamable HTTP over hyper; [`https`]: its TLS connector.
+//! - [`mqtt`]: MCP over MQTT.
 //! - [`failover`]: several upstream URLs as one connector (`upstream.urls`).
 
 pub mod diagnose;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod failover;
 pub mod http;
 pub mod http_client;
+pub mod https;
 pub mod mqtt;
 pub mod session;
 

@@ -15,8 +15,9 @@ use super::{Session, SessionConfig, UplinkError};
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
-use crate::mqtt::transport::{Inbox, MqttTransport};
+use crate::mqtt::transport::{Inbox, MqttTransport, has_method, is_disconnected};
 use crate::relay::Connector;
+use crate::tls::ClientTls;
 
 /// After the first server shows up, how long discovery waits for more retained presences.
 pub const DISCOVERY_SETTLE: Duration = Duration::from_millis(200);
@@ -28,6 +29,7 @@ pub struct MqttConnector {
     url: String,
     server_name_filter: String,
     password: Option<Secret>,
+    tls: ClientTls,
     gateway: String,
 }
 
@@ -41,18 +43,21 @@ pub struct ServerPresence {
 }
 
 impl MqttConnector {
-    /// A connector to the broker at `url` (`mqtt://host[:port]`) for servers matching
-    /// `server_name_filter` (a name like `edge/ingest` or a filter like `edge/#`).
+    /// A connector to the broker at `url` (`mqtt://host[:port]`, or `mqtts://` with `tls`,
+    /// read at each connect) for servers matching `server_name_filter` (a name like
+    /// `edge/ingest` or a filter like `edge/#`).
     pub fn new(
         url: &str,
         server_name_filter: &str,
         password: Option<Secret>,
+        tls: ClientTls,
         gateway: &str,
     ) -> Self {
         Self {
             url: url.to_owned(),
             server_name_filter: server_name_filter.to_owned(),
             password,
+            tls,
             gateway: gateway.to_owned(),
         }
     }
@@ -64,6 +69,7 @@ impl MqttConnector {
         let mut link = Link::connect(
             LinkOptions {
                 url: self.url.clone(),
+                tls: Some(self.tls.clone()),
                 client_id: client_id.clone(),
                 component: Some(topics::CLIENT),
                 meta: Some(json!({"name": crate::contract::CLIENT_NAME,
@@ -161,13 +167,7 @@ pub async fn discover(link: &mut Link, timeout: Duration) -> Vec<ServerPresence>
 
 /// A presence payload is `notifications/server/online`; an empty one means offline.
 fn is_online(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v["method"] == "notifications/server/online")
-}
-
-fn is_disconnected(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .is_ok_and(|v| v["method"] == "notifications/disconnected")
+    has_method(payload, "notifications/server/online")
 }
 
 /// Feeds the session from the link until the transport closes, the server goes offline (empty

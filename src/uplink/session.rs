@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::error::{service_error, start_error};
 use super::{CLOSE_TIMEOUT, EraChoice, SessionConfig, UplinkError};
-use crate::contract::{Ack, CLIENT_NAME, CursorArgs, IngestArgs};
+use crate::contract::{Ack, CLIENT_NAME, CursorArgs, EVENTS_ZSTD, IngestArgs, IngestBatch};
 
 /// The relay's client parameters: `clientInfo.name = "edge-relay"` (DESIGN §2), no
 /// capabilities; `protocolVersion` is the newest `initialize` revision, for the legacy era.
@@ -165,16 +165,57 @@ impl Session {
         self.call(&self.config.ingest_tool, args).await
     }
 
+    /// `edge_ingest` of a batch as the outbox stores it ([`IngestBatch::arguments`]); `packed`
+    /// sends its events as `events_zstd` (only to an upstream that [`Session::offers_packed`]).
+    ///
+    /// # Errors
+    /// As [`Session::ingest`]; [`UplinkError::Malformed`] for a stored line that is not JSON.
+    pub async fn ingest_batch(
+        &self,
+        batch: &IngestBatch,
+        packed: bool,
+    ) -> Result<Ack, UplinkError> {
+        let tool = &self.config.ingest_tool;
+        let arguments = batch
+            .arguments(packed)
+            .map_err(|e| UplinkError::Malformed {
+                tool: tool.clone(),
+                reason: format!("a stored event is not JSON: {e}"),
+            })?;
+        self.call_with(tool, arguments).await
+    }
+
+    /// Whether the ingest tool's `inputSchema` lists `events_zstd` (one `tools/list`).
+    ///
+    /// # Errors
+    /// Any [`UplinkError`] of the listing.
+    pub async fn offers_packed(&self) -> Result<bool, UplinkError> {
+        let tools = self.list_tools().await?;
+        Ok(tools.iter().any(|tool| {
+            tool.name == self.config.ingest_tool.as_str()
+                && tool
+                    .input_schema
+                    .get("properties")
+                    .and_then(|p| p.get(EVENTS_ZSTD))
+                    .is_some()
+        }))
+    }
+
     async fn call(&self, tool: &str, args: &impl Serialize) -> Result<Ack, UplinkError> {
-        let arguments = match serde_json::to_value(args) {
-            Ok(serde_json::Value::Object(map)) => map,
-            other => {
-                return Err(UplinkError::Malformed {
-                    tool: tool.into(),
-                    reason: format!("arguments did not encode as a JSON object: {other:?}"),
-                });
-            }
-        };
+        match serde_json::to_value(args) {
+            Ok(serde_json::Value::Object(map)) => self.call_with(tool, map).await,
+            other => Err(UplinkError::Malformed {
+                tool: tool.into(),
+                reason: format!("arguments did not encode as a JSON object: {other:?}"),
+            }),
+        }
+    }
+
+    async fn call_with(
+        &self,
+        tool: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Ack, UplinkError> {
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         let timeout = self.config.request_timeout;
         let result = tokio::time::timeout(timeout, self.client.peer().call_tool(params))

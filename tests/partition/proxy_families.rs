@@ -10,12 +10,14 @@ use edge_relay::event::Event;
 use edge_relay::mosquitto::Mosquitto;
 use edge_relay::mqtt::link::KEEP_ALIVE;
 use edge_relay::sink::{Eras, SinkStore};
+use edge_relay::tls::server::ServerTls;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use uuid::Uuid;
 
 use crate::real_net::*;
 use crate::summary::FamilySummary;
+use crate::support::certs::{Ca, Validity, client_tls};
 use crate::support::fault_proxy::{FaultProxy, Mode};
 use crate::support::mcp_mqtt::{MqttSink, relay_config_mqtt};
 use crate::support::mosquitto::wait_subscribed;
@@ -26,6 +28,8 @@ use crate::support::{Sink, drained_within, relay_config, start_relay};
 const RUNS: u64 = 4;
 /// Runs of the legacy-era variant of `proxy-http` in CI.
 const LEGACY_RUNS: u64 = 2;
+/// Runs of the mutual-TLS variant of `proxy-http` in CI.
+const TLS_RUNS: u64 = 2;
 /// Relay request timeout in these families, ms: how fast a blackholed uplink is detected.
 const REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// Liveness bound of the uplink families: after the last heal, a few timeouts and backoffs.
@@ -46,6 +50,8 @@ const PROBE_TOPIC: &str = "f/probe";
 enum Link {
     /// Relay ↔ reference upstream, MCP Streamable HTTP.
     HttpUplink,
+    /// The same over HTTPS with mutual TLS (a private CA, a device certificate).
+    HttpsUplink,
     /// Relay ↔ Mosquitto carrying MCP over MQTT (the sink on the same broker, unproxied).
     MqttUplink,
     /// Relay's MQTT ingest ↔ the gateway's Mosquitto (uplink HTTP, unproxied).
@@ -56,6 +62,13 @@ enum Link {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_http() {
     family("proxy-http", "proxy_http", Link::HttpUplink, Eras::Both).await;
+}
+
+/// `proxy-http` over HTTPS with mutual TLS: every reconnect is a new handshake (the
+/// certificate files read again), through the same faults; fewer runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_https() {
+    family("proxy-https", "proxy_https", Link::HttpsUplink, Eras::Both).await;
 }
 
 /// The same through an upstream serving only the legacy era (initialize, sessions), with
@@ -94,10 +107,12 @@ async fn proxy_mqtt_ingest() {
 }
 
 /// Runs of a family, `PARTITION_PROXY_RUNS` if set: [`RUNS`], or [`LEGACY_RUNS`] for the
-/// legacy-era variant.
-fn runs(eras: Eras) -> u64 {
+/// legacy-era variant, [`TLS_RUNS`] for the TLS one.
+fn runs(link: Link, eras: Eras) -> u64 {
     let default = if eras == Eras::Legacy {
         LEGACY_RUNS
+    } else if link == Link::HttpsUplink {
+        TLS_RUNS
     } else {
         RUNS
     };
@@ -113,7 +128,7 @@ async fn family(name: &str, test: &str, link: Link, eras: Eras) {
     } else {
         u64::MAX
     };
-    for run in 0..runs(eras) {
+    for run in 0..runs(link, eras) {
         one_run(&mut summary, &mut rng, (link, eras), run, &mut blackholes).await;
     }
     summary.publish();
@@ -129,13 +144,31 @@ struct Peers {
 
 async fn peers(dir: &std::path::Path, link: Link, eras: Eras) -> (Peers, Config) {
     let relay_dir = dir.join("relay");
-    let broker = (link != Link::HttpUplink)
+    let broker = matches!(link, Link::MqttUplink | Link::MqttIngest)
         .then(|| Mosquitto::start(&dir.join("broker"), false).unwrap_or_else(|e| panic!("{e:#}")));
     let (upstream, proxy, mut config) = match link {
         Link::HttpUplink => {
             let sink = Sink::start_eras(&dir.join("sink"), eras).await;
             let proxy = FaultProxy::start(sink.addr).await;
             let config = relay_config(&relay_dir, &format!("http://{}/mcp", proxy.addr));
+            (Upstream::Http(sink), proxy, config)
+        }
+        Link::HttpsUplink => {
+            let pki = dir.join("pki");
+            std::fs::create_dir_all(&pki).unwrap();
+            let ca = Ca::new(&pki, "fleet");
+            let server = ca.server(&pki, "upstream", &["127.0.0.1"]);
+            let device = ca.client(&pki, "device", "gw-01", Validity::Current);
+            let tls = ServerTls {
+                cert_file: server.cert,
+                key_file: server.key,
+                client_ca_file: Some(ca.cert.clone()),
+            };
+            let any_port = "127.0.0.1:0".parse().unwrap();
+            let sink = Sink::start_tls(any_port, &dir.join("sink"), eras, Some(tls)).await;
+            let proxy = FaultProxy::start(sink.addr).await;
+            let mut config = relay_config(&relay_dir, &format!("https://{}/mcp", proxy.addr));
+            config.upstream.tls = client_tls(&ca.cert, Some(&device));
             (Upstream::Http(sink), proxy, config)
         }
         Link::MqttUplink => {

@@ -15,6 +15,7 @@ use edge_relay::event::Event;
 use edge_relay::local_client;
 use edge_relay::relay::Connector;
 use edge_relay::sink::{SinkBackend, SinkStore};
+use edge_relay::tls::ClientTls;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::{EraChoice, SessionConfig};
 use futures::future::BoxFuture;
@@ -319,7 +320,13 @@ pub fn mcp_mark(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>>
         let url = url.clone();
         Box::pin(async move {
             let timeout = Duration::from_secs(2);
-            let connector = HttpConnector::new(&url, None, timeout).ok()?;
+            let connector = HttpConnector::new(
+                &url,
+                None,
+                ClientTls::new("upstream.tls", Default::default()),
+                timeout,
+            )
+            .ok()?;
             let session = connector
                 .connect(SessionConfig {
                     ingest_tool: INGEST_TOOL.to_owned(),

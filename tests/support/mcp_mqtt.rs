@@ -6,7 +6,8 @@ use std::sync::Arc;
 use edge_relay::config::{Config, Transport};
 use edge_relay::sink::Eras;
 use edge_relay::sink::SinkStore;
-use edge_relay::sink::mqtt::{MqttServe, serve_mqtt_eras};
+use edge_relay::sink::mqtt::{MqttServe, serve_mqtt_tls};
+use edge_relay::tls::ClientTls;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,16 @@ impl MqttSink {
 
     /// Serves `store` in the MCP revisions of `eras` only.
     pub fn serve_eras(store: Arc<SinkStore>, broker: &str, eras: Eras) -> MqttSink {
+        Self::serve_tls(store, broker, eras, None)
+    }
+
+    /// Serves `store` through an `mqtts://` broker, connecting with `tls`.
+    pub fn serve_tls(
+        store: Arc<SinkStore>,
+        broker: &str,
+        eras: Eras,
+        tls: Option<ClientTls>,
+    ) -> MqttSink {
         let stop = CancellationToken::new();
         let opts = MqttServe {
             url: broker.to_owned(),
@@ -40,7 +51,7 @@ impl MqttSink {
             password: None,
             reconnect_max: std::time::Duration::from_millis(300),
         };
-        let task = tokio::spawn(serve_mqtt_eras(opts, eras, store.clone(), stop.clone()));
+        let task = tokio::spawn(serve_mqtt_tls(opts, tls, eras, store.clone(), stop.clone()));
         MqttSink { store, stop, task }
     }
 

@@ -1,11 +1,13 @@
 //! Shared test harness: the real reference upstream, the real relay, and an HTTP producer.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
 pub mod postgres;
 pub mod process;
+pub mod recording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::time::Duration;
 use edge_relay::config::Config;
 use edge_relay::event::Event;
 use edge_relay::sink::{Eras, HttpOptions, SinkStore, serve_http_options};
+use edge_relay::tls::server::{ServerTls, TlsListener};
 use edge_relay::{Daemon, local_client};
 use hyper::Method;
 use serde_json::Value;
@@ -32,6 +35,7 @@ pub struct Sink {
     pub dir: PathBuf,
     pub store: Arc<SinkStore>,
     pub eras: Eras,
+    pub tls: Option<ServerTls>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -52,6 +56,16 @@ impl Sink {
     }
 
     pub async fn start_with(addr: SocketAddr, dir: &Path, eras: Eras) -> Sink {
+        Self::start_tls(addr, dir, eras, None).await
+    }
+
+    /// Serving HTTPS with `tls` (plain HTTP without).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        dir: &Path,
+        eras: Eras,
+        tls: Option<ServerTls>,
+    ) -> Sink {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let store = Arc::new(SinkStore::open(dir).unwrap());
@@ -60,19 +74,37 @@ impl Sink {
             eras,
             ..HttpOptions::default()
         };
-        let serve = serve_http_options(listener, store.clone(), stop.clone(), options);
+        let task = match &tls {
+            Some(files) => {
+                let listener = TlsListener::new(listener, files.load().unwrap());
+                tokio::spawn(serve_http_options(
+                    listener,
+                    store.clone(),
+                    stop.clone(),
+                    options,
+                ))
+            }
+            None => tokio::spawn(serve_http_options(
+                listener,
+                store.clone(),
+                stop.clone(),
+                options,
+            )),
+        };
         Sink {
             addr,
             dir: dir.to_owned(),
             store,
             eras,
+            tls,
             stop,
-            task: tokio::spawn(serve),
+            task,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/mcp", self.addr)
     }
 
     /// Stops abruptly (connections dropped) and releases the store.
@@ -84,9 +116,9 @@ impl Sink {
 
     /// Stop, then start again on the same port and store: sessions are forgotten.
     pub async fn restart(self) -> Sink {
-        let eras = self.eras;
+        let (eras, tls) = (self.eras, self.tls.clone());
         let (addr, dir) = self.stop().await;
-        Sink::start_with(addr, &dir, eras).await
+        Sink::start_tls(addr, &dir, eras, tls).await
     }
 
     pub fn events(&self, gateway: &str, stream: Uuid) -> Vec<Event> {
@@ -190,4 +222,60 @@ pub async fn acked_at_least(relay: &Daemon, seq: u64) {
     tokio::time::timeout(WAIT, reached)
         .await
         .unwrap_or_else(|_| panic!("acked_seq never reached {seq}: {:?}", relay.outbox.stats()));
+}
+
+/// Waits (on the status board's change signal, bounded by [`WAIT`]) until the relay's
+/// `last_error` contains every one of `needles`; returns it.
+pub async fn error_containing(relay: &Daemon, needles: &[&str]) -> String {
+    let mut changes = relay.status.watch();
+    let found = async {
+        loop {
+            if let Some(e) = report(relay).last_error
+                && needles.iter().all(|n| e.contains(n))
+            {
+                return e;
+            }
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(WAIT, found).await.unwrap_or_else(|_| {
+        panic!(
+            "no error with {needles:?} within {WAIT:?}; last: {:?}",
+            report(relay).last_error
+        )
+    })
+}
+
+/// Posts `n` events (one request) and returns their `(seq, id)`s.
+pub async fn post_events(relay: &Daemon, source: &str, n: u64) -> Vec<(u64, Uuid)> {
+    let body: Vec<Value> = (0..n).map(|i| event(source, i)).collect();
+    let (code, answer) = post(relay.ingest_addr, serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(code, 200, "{answer}");
+    accepted(&answer)
+}
+
+/// The ids the upstream stored for this relay's stream, in seq order, are exactly `sent`'s.
+pub fn assert_stored_exactly_once(store: &SinkStore, relay: &Daemon, sent: &[(u64, Uuid)]) {
+    assert_stream_holds(store, relay.outbox.stats().stream, sent);
+}
+
+/// The ids the upstream stored for `stream` of gateway `test-gw`, in seq order, are exactly
+/// `sent`'s.
+pub fn assert_stream_holds(store: &SinkStore, stream: Uuid, sent: &[(u64, Uuid)]) {
+    let stored = store.events("test-gw", stream).unwrap();
+    let got: Vec<(u64, Uuid)> = stored.iter().map(|e| (e.seq, e.id)).collect();
+    assert_eq!(
+        got, sent,
+        "exactly the accepted events, once each, in order"
+    );
+}
+
+/// Nothing of the relay's stream reached `store` and its cursor did not move.
+pub fn assert_nothing_delivered(store: &SinkStore, relay: &Daemon) {
+    assert_eq!(relay.outbox.stats().acked_seq, 0, "the cursor moved");
+    let stream = relay.outbox.stats().stream;
+    assert!(
+        store.events("test-gw", stream).unwrap().is_empty(),
+        "the upstream stored events"
+    );
 }

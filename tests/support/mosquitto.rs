@@ -6,7 +6,13 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
+use std::path::Path;
+
+use edge_relay::tls::ClientTls;
+use rumqttc::{TlsConfiguration, Transport};
+
 use super::WAIT;
+use super::certs::Leaf;
 
 /// Pause between subscription probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -28,9 +34,30 @@ impl Mosquitto {
         Mosquitto { inner, _dir: dir }
     }
 
+    /// A broker whose only listener speaks TLS with `server` (its certificate and key) and
+    /// requires client certificates signed by the CA in `ca` (Mosquitto's `cafile`,
+    /// `certfile`, `keyfile`, `require_certificate true`).
+    pub async fn start_tls(ca: &Path, server: &Leaf) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let tls = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            ca.display(),
+            server.cert.display(),
+            server.key.display()
+        );
+        let inner = edge_relay::mosquitto::Mosquitto::start_with(dir.path(), false, &tls)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Mosquitto { inner, _dir: dir }
+    }
+
     /// `mqtt://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         self.inner.url()
+    }
+
+    /// `mqtts://127.0.0.1:PORT` (for a broker of [`Mosquitto::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!("mqtts://{}", self.inner.addr)
     }
 
     /// Graceful stop (SIGTERM; a persistent broker saves its database).
@@ -58,6 +85,16 @@ impl Mosquitto {
 /// (bounded by [`WAIT`]) for their PUBACKs. Returns how many the broker PUBACKed with Success;
 /// "no matching subscribers" does not count, since that message reached nobody.
 pub async fn publish_qos1(url: &str, client_id: &str, messages: Vec<(String, Vec<u8>)>) -> usize {
+    publish_qos1_tls(url, None, client_id, messages).await
+}
+
+/// [`publish_qos1`] over TLS with `tls` (the URL's scheme is not looked at).
+pub async fn publish_qos1_tls(
+    url: &str,
+    tls: Option<&ClientTls>,
+    client_id: &str,
+    messages: Vec<(String, Vec<u8>)>,
+) -> usize {
     let port = url
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
@@ -66,6 +103,10 @@ pub async fn publish_qos1(url: &str, client_id: &str, messages: Vec<(String, Vec
     options
         .set_keep_alive(Duration::from_secs(15))
         .set_max_packet_size(Some(MAX_PACKET_BYTES));
+    if let Some(tls) = tls {
+        let config = tls.load().unwrap_or_else(|e| panic!("{e}"));
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let total = messages.len();
     let sender = client.clone();
@@ -115,9 +156,14 @@ pub async fn publish_qos1(url: &str, client_id: &str, messages: Vec<(String, Vec
 /// Waits until some session subscribes to `topic`: publishes a probe there (payload `"probe"`)
 /// until the broker PUBACKs it with Success. Exactly one probe reaches the subscriber.
 pub async fn wait_subscribed(url: &str, topic: &str) {
+    wait_subscribed_tls(url, None, topic).await;
+}
+
+/// [`wait_subscribed`] through a TLS broker, connecting with `tls`.
+pub async fn wait_subscribed_tls(url: &str, tls: Option<&ClientTls>, topic: &str) {
     let deadline = Instant::now() + WAIT;
     let probe = vec![(topic.to_owned(), b"\"probe\"".to_vec())];
-    while publish_qos1(url, "test-probe", probe.clone()).await != 1 {
+    while publish_qos1_tls(url, tls, "test-probe", probe.clone()).await != 1 {
         assert!(
             Instant::now() < deadline,
             "nobody subscribed to {topic} within {WAIT:?}"
@@ -132,6 +178,7 @@ pub async fn bystander(url: &str, filters: &[&str]) -> edge_relay::mqtt::link::L
     use edge_relay::mqtt::link::{Link, LinkOptions};
     let options = LinkOptions {
         url: url.to_owned(),
+        tls: None,
         client_id: format!("bystander-{}", uuid::Uuid::now_v7().simple()),
         component: None,
         meta: None,

@@ -47,6 +47,8 @@ pub fn relay_config() -> RelayConfig {
         backoff_initial_ms: 100,
         backoff_max_ms: 2000,
         request_timeout_ms: 2000,
+        // The shipped defaults: several calls in flight, compressed batches.
+        ..RelayConfig::default()
     }
 }
 
