@@ -104,6 +104,9 @@ pub struct UpstreamConfig {
     pub transport: Transport,
     /// http: the MCP endpoint (`http://` or `https://`); mqtt: the broker.
     pub url: String,
+    /// Several endpoints (or brokers) of one fleet upstream, in order of preference; when
+    /// set, replaces `url`. The relay fails over between them (`uplink::failover`).
+    pub urls: Vec<String>,
     /// mqtt: server-name filter to discover.
     pub server_name: String,
     /// File holding a bearer token (http) or password (mqtt). Read at start, never logged.
@@ -145,6 +148,17 @@ impl TlsConfig {
     /// True when nothing is set (the defaults: public roots, no client certificate).
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+}
+
+impl UpstreamConfig {
+    /// The upstream URLs in order of preference: `urls` when set, else `url` alone.
+    pub fn endpoints(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
     }
 }
 
@@ -262,6 +276,7 @@ impl Default for UpstreamConfig {
         Self {
             transport: Transport::Http,
             url: "http://127.0.0.1:8787/mcp".to_owned(),
+            urls: Vec::new(),
             server_name: "edge/ingest".to_owned(),
             token_file: None,
             ingest_tool: crate::contract::INGEST_TOOL.to_owned(),

@@ -18,8 +18,8 @@
 //! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
-//! - [`uplink`]: rmcp client session in either MCP era, Streamable HTTP over hyper, MQTT.
-//! - [`sink`]: the reference upstream (rmcp server + its sled store).
+//! - [`uplink`]: rmcp client session in either MCP era, Streamable HTTP over hyper, MQTT; failover over several upstreams.
+//! - [`sink`]: the reference upstream (rmcp server + its sled store, or PostgreSQL for a fleet).
 //! - [`status`]: status board, `/v1/status` and `/metrics`.
 //! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
 //! - [`tls`]: rustls client configs from PEM files, the sink's HTTPS, TLS errors in words.
@@ -30,6 +30,10 @@
 //! - [`local_client`]: the CLI's HTTP client to a running daemon.
 //! - [`demo`]: the end-to-end demo on the Daphnet recording.
 //! - [`logging`]: journald or stderr.
+
+// Lets test code shared with the integration tests (`sink/contract_cases.rs`) name the crate.
+#[cfg(test)]
+extern crate self as edge_relay;
 
 pub mod aside;
 pub mod audit;
@@ -138,7 +142,7 @@ pub async fn start_watched(
         None => {
             let tls = upstream_tls(&config);
             status.watch_client_cert(tls.clone());
-            build_connector_with(&config, tls)?
+            build_connector_counted(&config, tls, Some(status.clone()))?
         }
     };
     status.set_stores_moved_aside(aside::list(&config.data_dir));
@@ -232,26 +236,53 @@ pub fn build_connector_with(
     config: &Config,
     tls: tls::ClientTls,
 ) -> anyhow::Result<Box<dyn Connector>> {
+    build_connector_counted(config, tls, None)
+}
+
+/// [`build_connector_with`]; with several `upstream.urls`, a
+/// [`uplink::failover::FailoverConnector`] over them that counts its failovers on `status`.
+///
+/// # Errors
+/// As [`build_connector`].
+pub fn build_connector_counted(
+    config: &Config,
+    tls: tls::ClientTls,
+    status: Option<Arc<StatusBoard>>,
+) -> anyhow::Result<Box<dyn Connector>> {
     let token = config
         .upstream
         .token_file
         .as_deref()
         .map(Secret::from_file)
         .transpose()?;
-    match config.upstream.transport {
-        Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
-            &config.upstream.url,
-            token,
-            tls,
-            config.relay.request_timeout(),
-        )?)),
-        Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
-            &config.upstream.url,
-            &config.upstream.server_name,
-            token,
-            tls,
-            &config.gateway_id,
-        ))),
+    let one = |url: &str| -> anyhow::Result<Box<dyn Connector>> {
+        match config.upstream.transport {
+            Transport::Http => Ok(Box::new(uplink::http::HttpConnector::new(
+                url,
+                token.clone(),
+                tls.clone(),
+                config.relay.request_timeout(),
+            )?)),
+            Transport::Mqtt => Ok(Box::new(uplink::mqtt::MqttConnector::new(
+                url,
+                &config.upstream.server_name,
+                token.clone(),
+                tls.clone(),
+                &config.gateway_id,
+            ))),
+        }
+    };
+    match config.upstream.endpoints()[..] {
+        [url] => one(url),
+        ref urls => {
+            let upstreams = urls
+                .iter()
+                .map(|url| one(url))
+                .collect::<anyhow::Result<_>>()?;
+            Ok(Box::new(uplink::failover::FailoverConnector::new(
+                upstreams, status,
+            )))
+        }
     }
 }
 

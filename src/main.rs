@@ -100,6 +100,10 @@ enum Command {
         /// Directory of the sink's own sled store.
         #[arg(long, default_value = "./edge-relay-sink-data")]
         data_dir: PathBuf,
+        /// Store in this PostgreSQL database instead (postgres://user@host/db; several sink
+        /// nodes may share one; README "Run a fleet").
+        #[arg(long, env = "EDGE_RELAY_SINK_STORE", conflicts_with = "data_dir")]
+        store: Option<String>,
         /// Also serve over MCP over MQTT through this broker (mqtt://host[:port] or mqtts://...).
         #[arg(long)]
         mqtt: Option<String>,
@@ -203,6 +207,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => match Config::check_file(&file) {
             Ok(mut config) => {
                 config.upstream.url = edge_relay::redact::url(&config.upstream.url).into_owned();
+                for url in &mut config.upstream.urls {
+                    *url = edge_relay::redact::url(url).into_owned();
+                }
                 if let Some(mqtt) = &mut config.ingest.mqtt {
                     mqtt.url = edge_relay::redact::url(&mqtt.url).into_owned();
                 }
@@ -293,6 +300,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sink {
             listen,
             data_dir,
+            store,
             mqtt,
             server_name,
             eras,
@@ -325,7 +333,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 });
             let options = sink::SinkOptions {
                 listen,
-                data_dir,
+                store: store.map_or(
+                    sink::StoreLocation::Dir(data_dir),
+                    sink::StoreLocation::Postgres,
+                ),
                 mqtt,
                 mqtt_tls: Some(ClientTls::new("--mqtt", mqtt_tls)),
                 eras,

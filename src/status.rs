@@ -40,6 +40,7 @@ pub struct StatusBoard {
     batches_delivered: AtomicU64,
     reconnects: AtomicU64,
     sessions_expired: AtomicU64,
+    upstream_failovers: AtomicU64,
     stores_moved_aside: Mutex<Vec<String>>,
     client_tls: Mutex<Vec<crate::tls::ClientTls>>,
     changed: tokio::sync::watch::Sender<()>,
@@ -87,6 +88,9 @@ pub struct StatusReport {
     pub reconnects: u64,
     /// Sessions the upstream forgot (HTTP 404) since start.
     pub sessions_expired: u64,
+    /// Switches to another of `upstream.urls` since start.
+    #[serde(default)]
+    pub upstream_failovers: u64,
     /// Stores that could not be opened and were moved aside (paths, oldest first); they hold
     /// whatever was undelivered in them. Empty when none.
     #[serde(default)]
@@ -151,6 +155,11 @@ impl StatusBoard {
         self.sessions_expired.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one switch to another upstream URL ([`crate::uplink::failover`]).
+    pub fn failed_over(&self) {
+        self.upstream_failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Current uplink state.
     pub fn upstream(&self) -> UpstreamState {
         self.upstream.lock().unwrap_or_else(|p| p.into_inner()).0
@@ -182,6 +191,7 @@ impl StatusBoard {
             batches_delivered: self.batches_delivered.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             sessions_expired: self.sessions_expired.load(Ordering::Relaxed),
+            upstream_failovers: self.upstream_failovers.load(Ordering::Relaxed),
             stores_moved_aside: self
                 .stores_moved_aside
                 .lock()
@@ -207,7 +217,7 @@ impl StatusReport {
     /// Prometheus text exposition format 0.0.4 (`GET /metrics`).
     pub fn to_prometheus(&self) -> String {
         let up = |s| u8::from(self.upstream == s);
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 12] = [
             (
                 "edge_relay_backlog_events",
                 "gauge",
@@ -261,6 +271,12 @@ impl StatusReport {
                 "counter",
                 "Upstream sessions expired (HTTP 404) since start.",
                 self.sessions_expired,
+            ),
+            (
+                "edge_relay_upstream_failovers_total",
+                "counter",
+                "Switches to another of upstream.urls since start.",
+                self.upstream_failovers,
             ),
             (
                 "edge_relay_stores_moved_aside",

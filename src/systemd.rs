@@ -167,6 +167,7 @@ mod tests {
             batches_delivered: 0,
             reconnects: 0,
             sessions_expired: 0,
+            upstream_failovers: 0,
             stores_moved_aside: Vec::new(),
         }
     }

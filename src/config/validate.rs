@@ -104,8 +104,16 @@ impl Config {
             Transport::Http => &["http", "https"],
             Transport::Mqtt => &["mqtt", "mqtts"],
         };
-        out.extend(url_problem("upstream.url", &up.url, schemes));
-        out.extend(tls_problems("upstream", &up.url, &up.tls));
+        // `urls`, when set, replaces `url` (which then keeps its default, unused).
+        if up.urls.is_empty() {
+            out.extend(url_problem("upstream.url", &up.url, schemes));
+        }
+        for (i, url) in up.urls.iter().enumerate() {
+            out.extend(url_problem(&format!("upstream.urls[{i}]"), url, schemes));
+        }
+        for url in up.endpoints() {
+            out.extend(tls_problems("upstream", url, &up.tls));
+        }
         if let Some(mqtt) = &self.ingest.mqtt {
             out.extend(url_problem(
                 "ingest.mqtt.url",

@@ -19,6 +19,9 @@ pub enum SinkError {
     /// sled failed a read, write or fsync.
     #[error("sink storage: {0}")]
     Storage(#[from] sled::Error),
+    /// PostgreSQL failed a statement or no connection could be had (the server's message).
+    #[error("sink database: {0}")]
+    Database(String),
     /// A stored record does not decode; the data dir is damaged.
     #[error("corrupt sink record: {0}")]
     Corrupt(String),

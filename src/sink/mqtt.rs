@@ -3,7 +3,6 @@
 //! session per `mcp-client-id` on its RPC topic.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
@@ -14,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::backend::SinkBackend;
 use super::era::Eras;
 use super::server::SinkService;
-use super::store::SinkStore;
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
@@ -56,7 +55,7 @@ struct Client {
 /// Only a configuration error (bad URL or server name); connection failures are retried.
 pub async fn serve_mqtt(
     opts: MqttServe,
-    store: Arc<SinkStore>,
+    store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     serve_mqtt_eras(opts, Eras::Both, store, shutdown).await
@@ -70,7 +69,7 @@ pub async fn serve_mqtt(
 pub async fn serve_mqtt_eras(
     opts: MqttServe,
     eras: Eras,
-    store: Arc<SinkStore>,
+    store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     serve_mqtt_tls(opts, None, eras, store, shutdown).await
@@ -85,7 +84,7 @@ pub async fn serve_mqtt_tls(
     opts: MqttServe,
     tls: Option<ClientTls>,
     eras: Eras,
-    store: Arc<SinkStore>,
+    store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(

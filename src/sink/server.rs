@@ -25,8 +25,9 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::contract::{Ack, CursorArgs, IngestArgs};
+use crate::sink::backend::SinkBackend;
 use crate::sink::era::Eras;
-use crate::sink::store::{SinkError, SinkStore};
+use crate::sink::store::SinkError;
 
 /// `serverInfo.name` the sink announces.
 pub const SERVER_NAME: &str = "edge-relay-sink";
@@ -52,12 +53,12 @@ const CURSOR_DESCRIPTION: &str = "Report how far a gateway stream is stored. Arg
 stored contiguously from seq 1 (gaps count as stored), null when nothing of this stream is \
 stored; send the next batch from acked_seq + 1. Call it after every (re)connect.";
 
-/// The MCP server handler: the two tools of DESIGN §2 over a shared [`SinkStore`].
+/// The MCP server handler: the two tools of DESIGN §2 over a shared [`SinkBackend`] (sled or PostgreSQL).
 ///
 /// Cheap to clone; rmcp makes one per legacy session and one per current-era request.
 #[derive(Clone)]
 pub struct SinkService {
-    store: Arc<SinkStore>,
+    store: SinkBackend,
     eras: Eras,
     tool_router: ToolRouter<SinkService>,
     // Held by every copy, so `serve_http` can wait until no copy (hence no store clone) is left.
@@ -67,9 +68,9 @@ pub struct SinkService {
 #[tool_router]
 impl SinkService {
     /// A handler over `store` serving both eras, for any rmcp transport.
-    pub fn new(store: Arc<SinkStore>) -> Self {
+    pub fn new(store: impl Into<SinkBackend>) -> Self {
         Self {
-            store,
+            store: store.into(),
             eras: Eras::Both,
             tool_router: Self::tool_router(),
             _holder: None,
@@ -177,7 +178,7 @@ pub fn allowed_hosts(addr: std::net::SocketAddr) -> Vec<String> {
 /// [`RELEASE_TIMEOUT`].
 pub async fn serve_http(
     listener: impl crate::http_serve::Listener,
-    store: Arc<SinkStore>,
+    store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let keep_alive = StreamableHttpServerConfig::default().sse_keep_alive;
@@ -194,7 +195,7 @@ pub async fn serve_http(
 /// As [`serve_http`].
 pub async fn serve_http_with(
     listener: impl crate::http_serve::Listener,
-    store: Arc<SinkStore>,
+    store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
     sse_keep_alive: Option<Duration>,
 ) -> anyhow::Result<()> {
@@ -230,7 +231,7 @@ impl Default for HttpOptions {
 /// As [`serve_http`].
 pub async fn serve_http_options(
     listener: impl crate::http_serve::Listener,
-    store: Arc<SinkStore>,
+    store: impl Into<SinkBackend>,
     shutdown: CancellationToken,
     options: HttpOptions,
 ) -> anyhow::Result<()> {
@@ -295,6 +296,7 @@ async fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::SinkStore;
     use http_body_util::BodyExt;
     use hyper_util::rt::TokioIo;
     use serde_json::{Value, json};

@@ -17,6 +17,7 @@ use crate::sink::keys::{
     NO_ACK, StreamRecord, decode_u64, key_seq, parse_stream_key, seq_key, stream_key,
 };
 use crate::sink::runs::{self, Span};
+use crate::sink::uncovered::uncovered;
 
 /// sled page cache cap, in bytes (DESIGN §4: cap it; RSS still runs 2-3x above it). An ingest
 /// touches only the tail of its stream; 4 MiB instead of 16 took ~15 MiB off the sink's RSS.
@@ -282,22 +283,8 @@ impl SinkStore {
             return Ok(Vec::new());
         }
         let (lo, hi) = (gap.dropped_from.max(mark + 1), gap.dropped_to);
-        let mut parts = Vec::new();
-        // The next seq not yet placed; `None` past u64::MAX.
-        let mut from = Some(lo);
-        for span in runs::overlapping(&self.runs, prefix, lo, hi)? {
-            if let Some(f) = from
-                && span.first > f
-            {
-                parts.push((f, span.first - 1));
-            }
-            from = span.last.checked_add(1);
-        }
-        if let Some(f) = from
-            && f <= hi
-        {
-            parts.push((f, hi));
-        }
+        let stored = runs::overlapping(&self.runs, prefix, lo, hi)?;
+        let parts = uncovered(lo, hi, stored.iter().map(|span| (span.first, span.last)));
         let mut merged = Vec::new();
         for (from, to) in parts {
             let part = Gap {
@@ -430,7 +417,8 @@ impl SinkStore {
     }
 }
 
-fn validate(args: &IngestArgs) -> Result<(), SinkError> {
+/// The contract's rules for a batch (see [`SinkStore::ingest`]'s errors); shared by every store.
+pub(crate) fn validate(args: &IngestArgs) -> Result<(), SinkError> {
     let invalid = |reason: String| Err(SinkError::InvalidBatch(reason));
     if args.gateway.is_empty() || args.gateway.len() > MAX_GATEWAY_LEN {
         return invalid(format!(

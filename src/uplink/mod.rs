@@ -6,9 +6,11 @@
 //! - [`diagnose`]: the contract check of a server's tools (`probe`, and `run` after a refusal).
 //! - [`http`], [`http_client`]: Streamable HTTP over hyper; [`https`]: its TLS connector.
 //! - [`mqtt`]: MCP over MQTT.
+//! - [`failover`]: several upstream URLs as one connector (`upstream.urls`).
 
 pub mod diagnose;
 pub mod error;
+pub mod failover;
 pub mod http;
 pub mod http_client;
 pub mod https;

@@ -22,6 +22,9 @@ use crate::support::process::{
 };
 use crate::support::{Sink, WAIT, acked_at_least, drained_within, relay_config, start_relay};
 
+/// Sets the kills of both peer families (upstream, Mosquitto) and the fleet's (sink node,
+/// PostgreSQL).
+pub(crate) const PEER_CYCLES_VAR: &str = "PARTITION_CRASH_PEER_CYCLES";
 /// Kills of the relay daemon per family in CI; `PARTITION_CRASH_CYCLES` raises it.
 const CYCLES: u64 = 50;
 /// Kills of the upstream process in CI; `PARTITION_CRASH_PEER_CYCLES` sets both peer families.
@@ -33,11 +36,9 @@ const LEGACY_UPSTREAM_CYCLES: u64 = 10;
 const BROKER_CYCLES: u64 = 50;
 /// Pace of the producer while a peer is killed (and of the MQTT relay family), ms between
 /// batches of up to [`PEER_BATCH`]: slower than the relay delivers, so the backlog stays small.
-const PEER_PACE_MS: std::ops::Range<u64> = 10..40;
+pub(crate) const PEER_PACE_MS: std::ops::Range<u64> = 10..40;
 /// Largest producer batch of a paced producer.
-const PEER_BATCH: u64 = 20;
-/// Sets the kills of both peer families (upstream, Mosquitto).
-const PEER_CYCLES_VAR: &str = "PARTITION_CRASH_PEER_CYCLES";
+pub(crate) const PEER_BATCH: u64 = 20;
 /// Kills per run (a run is one setup, one producer, one audit).
 const CYCLES_PER_RUN: u64 = 25;
 /// Liveness bound after the last restart: reconnect, cursor, then the backlog that built up
@@ -46,7 +47,7 @@ const DRAIN_BOUND: Duration = Duration::from_secs(45);
 /// Bound on a producer's last batch.
 const PRODUCER_STOP: Duration = Duration::from_secs(30);
 /// A kill lands this many ms (random) after the victim showed progress.
-const KILL_AFTER_MS: std::ops::Range<u64> = 0..150;
+pub(crate) const KILL_AFTER_MS: std::ops::Range<u64> = 0..150;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_relay_http() {
@@ -70,18 +71,18 @@ fn runs(var: &str, cycles: u64) -> Vec<u64> {
 }
 
 /// What a run leaves for its verdict.
-struct RunEnd {
+pub(crate) struct RunEnd {
     /// `(seq, id)` of every event the producer was told "accepted".
-    accepted: Vec<(u64, Uuid)>,
+    pub accepted: Vec<(u64, Uuid)>,
     /// The upstream's events of the relay's stream.
-    stored: Vec<Event>,
+    pub stored: Vec<Event>,
     /// From the last restart until the backlog drained.
-    drain: Duration,
+    pub drain: Duration,
 }
 
 /// A crash family: runs of up to `CYCLES_PER_RUN` kills (`cycles` in all, `var` overrides it),
 /// each `run(rng, dir, kills)` in a fresh temp dir, then its verdict; publishes the summary.
-async fn family(
+pub(crate) async fn family(
     name: &str,
     var: &str,
     cycles: u64,
@@ -207,7 +208,9 @@ async fn relay_run(rng: &mut StdRng, dir: &Path, cycles: u64, mqtt: bool) -> Run
 }
 
 /// Relay acked seqs in the sampler's form, for an in-process relay.
-fn outbox_cursor(outbox: Outbox) -> impl Fn() -> std::future::Ready<Option<(Uuid, u64)>> {
+pub(crate) fn outbox_cursor(
+    outbox: Outbox,
+) -> impl Fn() -> std::future::Ready<Option<(Uuid, u64)>> {
     move || {
         let s = outbox.stats();
         std::future::ready(Some((s.stream, s.acked_seq)))
@@ -217,7 +220,7 @@ fn outbox_cursor(outbox: Outbox) -> impl Fn() -> std::future::Ready<Option<(Uuid
 /// The end of a run whose relay is in the test process, after the last restart of its peer:
 /// stops the producer, waits (bounded) for the relay to drain, stops the sampler and the relay.
 /// Returns what was accepted, the relay's stream and the drain time.
-async fn settle(
+pub(crate) async fn settle(
     relay: Daemon,
     producer: Producer<(u64, Uuid)>,
     sampler: CursorSampler,

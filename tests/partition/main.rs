@@ -5,6 +5,7 @@
 mod support;
 
 mod crash_families;
+mod fleet_families;
 #[path = "../support/lazyfs/mod.rs"]
 mod lazyfs;
 mod netns;

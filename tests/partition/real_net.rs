@@ -14,7 +14,7 @@ use edge_relay::contract::{CURSOR_TOOL, CursorArgs, INGEST_TOOL};
 use edge_relay::event::Event;
 use edge_relay::local_client;
 use edge_relay::relay::Connector;
-use edge_relay::sink::SinkStore;
+use edge_relay::sink::{SinkBackend, SinkStore};
 use edge_relay::tls::ClientTls;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::{EraChoice, SessionConfig};
@@ -301,8 +301,12 @@ impl CursorSampler {
     }
 }
 
-/// The upstream's mark read from its store in this process (`edge_cursor`'s answer, durable).
-pub fn store_mark(store: Arc<SinkStore>) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
+/// The upstream's mark read from its store in this process (`edge_cursor`'s answer, durable):
+/// a sled store, or the PostgreSQL database of a fleet.
+pub fn store_mark(
+    store: impl Into<SinkBackend>,
+) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
+    let store: SinkBackend = store.into();
     move |stream| {
         let store = store.clone();
         Box::pin(async move { Some(store.cursor(GATEWAY, stream).await.ok()?.cursor()) })

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
+pub mod postgres;
 pub mod process;
 pub mod recording;
 

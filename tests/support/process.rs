@@ -59,7 +59,7 @@ pub fn write_config_with(
 }
 
 /// A spawned daemon, SIGKILLed when dropped before it exited: a failing test leaves none behind.
-pub struct DaemonChild(Child);
+pub struct DaemonChild(pub Child);
 
 impl std::ops::Deref for DaemonChild {
     type Target = Child;
