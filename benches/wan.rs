@@ -5,7 +5,8 @@
 //! and without `events_zstd`.
 //!
 //! `cargo bench --bench wan [-- --events N --delay-ms MS --mbit MBIT]` (defaults 50,000 / 150 /
-//! 10). Prints events/s and the bytes that crossed the link per event, each way.
+//! 10). Prints events/s (whole drain, and from the first acknowledgement on) and the bytes
+//! that crossed the link per event, each way.
 //!
 //! The link: every connection through it shares one pipe per direction that carries
 //! `mbit` Mbit/s; a chunk leaves the far end `delay` after its last byte went in. Chunks keep
@@ -148,6 +149,9 @@ async fn backlog(addr: SocketAddr) -> u64 {
 struct Run {
     events: u64,
     took: Duration,
+    /// From the first event acknowledged to the last: `(events, time)`; the session start
+    /// (`server/discover`, `edge_cursor`, `tools/list`: three round trips) left out.
+    after_first: (u64, Duration),
     up: u64,
     down: u64,
 }
@@ -197,19 +201,23 @@ async fn run(dir: &Path, lines: &[String], n: usize, link: &Arc<Link>, relay_ext
     ]);
     let start = Instant::now();
     let mut last = (backlog(ingest).await, Instant::now());
+    let mut first: Option<(u64, Instant)> = None;
     while last.0 > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = backlog(ingest).await;
         if now != last.0 {
             last = (now, Instant::now());
+            first.get_or_insert(last);
         }
         assert!(last.1.elapsed() < STALL, "drain stalled at backlog {now}");
     }
     let took = start.elapsed();
+    let (left, at) = first.unwrap_or((n as u64, start));
     let _ = (relay.kill().await, sink.kill().await);
     Run {
         events: n as u64,
         took,
+        after_first: (left, at.elapsed()),
         up: link.up.bytes.load(Ordering::Relaxed) - up0,
         down: link.down.bytes.load(Ordering::Relaxed) - down0,
     }
@@ -242,8 +250,8 @@ async fn main() {
          {mbit} Mbit/s each way; relay and reference upstream in their own processes\n"
     );
     println!(
-        "{:<34} {:>10} {:>9} {:>14} {:>14}",
-        "relay", "events/s", "seconds", "up B/event", "down B/event"
+        "{:<34} {:>10} {:>9} {:>16} {:>11} {:>12}",
+        "relay", "events/s", "seconds", "after 1st ack/s", "up B/event", "down B/event"
     );
     // The defaults: `max_in_flight_plain` for plain events, `max_in_flight` for events_zstd.
     for window in [1, defaults.max_in_flight_plain, defaults.max_in_flight] {
@@ -268,9 +276,10 @@ async fn main() {
                 }
             );
             println!(
-                "{label:<34} {:>10.0} {:>9.1} {:>14.0} {:>14.0}",
+                "{label:<34} {:>10.0} {:>9.1} {:>16.0} {:>11.0} {:>12.1}",
                 r.events as f64 / r.took.as_secs_f64(),
                 r.took.as_secs_f64(),
+                r.after_first.0 as f64 / r.after_first.1.as_secs_f64(),
                 r.up as f64 / r.events as f64,
                 r.down as f64 / r.events as f64
             );
