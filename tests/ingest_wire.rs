@@ -5,6 +5,8 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
 
 use edge_relay::audit::audit;
 use edge_relay::contract::packed::{MAX_UNPACKED_BYTES, pack};
@@ -96,9 +98,13 @@ async fn batches_go_compressed_to_the_reference_upstream_and_arrive_exactly_once
 
 /// An upstream whose `edge_ingest` has the contract's plain arguments only, over the real
 /// sink store; a call with any other argument (`events_zstd`) is refused as invalid params.
+/// With `refuse_once`, the first batch starting at that seq is refused (`isError`, nothing
+/// stored); `refused` counts the batches that started there.
 #[derive(Clone)]
 struct PlainUpstream {
     store: Arc<SinkStore>,
+    refuse_once: Option<u64>,
+    refused: Arc<AtomicU64>,
     tool_router: ToolRouter<PlainUpstream>,
 }
 
@@ -129,6 +135,10 @@ fn answer(ack: Result<Ack, impl std::fmt::Display>) -> CallToolResult {
 impl PlainUpstream {
     #[tool(name = "edge_ingest")]
     async fn ingest(&self, Parameters(a): Parameters<PlainArgs>) -> CallToolResult {
+        let first = a.events.first().map(|e| e.seq);
+        if first.is_some() && first == self.refuse_once && self.refused.fetch_add(1, SeqCst) == 0 {
+            return answer(Err::<Ack, _>("refused once by the test"));
+        }
         let args = IngestArgs {
             gateway: a.gateway,
             stream: a.stream,
@@ -148,18 +158,21 @@ impl PlainUpstream {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for PlainUpstream {}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_that_does_not_list_events_zstd_gets_plain_events() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(SinkStore::open(tmp.path()).unwrap());
-    let stop = CancellationToken::new();
+/// Serves [`PlainUpstream`] over `store` until `stop`; its address.
+async fn serve_plain(
+    store: Arc<SinkStore>,
+    refuse_once: Option<u64>,
+    refused: Arc<AtomicU64>,
+    stop: &CancellationToken,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shared = store.clone();
     let service = StreamableHttpService::new(
         move || {
             Ok(PlainUpstream {
-                store: shared.clone(),
+                store: store.clone(),
+                refuse_once,
+                refused: refused.clone(),
                 tool_router: PlainUpstream::tool_router(),
             })
         },
@@ -179,8 +192,49 @@ async fn an_upstream_that_does_not_list_events_zstd_gets_plain_events() {
         "plain",
     );
     tokio::spawn(serve);
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_list_events_zstd_gets_plain_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(SinkStore::open(tmp.path()).unwrap());
+    let stop = CancellationToken::new();
+    let addr = serve_plain(store.clone(), None, Arc::default(), &stop).await;
     let sent = deliver_through_proxy(addr, true, |s| store.events("test-gw", s).unwrap()).await;
     assert!(sent.iter().all(|r| !r.contains("events_zstd")), "{sent:?}");
+    stop.cancel();
+}
+
+/// Three batches in flight at once and the middle one refused: the session ends, the next
+/// one resumes from the upstream's cursor (which stops before the refused batch, whatever
+/// the third stored) and every event arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_whose_middle_call_fails_resumes_from_the_cursor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(SinkStore::open(&tmp.path().join("sink")).unwrap());
+    let stop = CancellationToken::new();
+    let refused = Arc::new(AtomicU64::new(0));
+    // Batches of 200 (`relay_config`): 1..=200, 201..=400, 401..=600.
+    let addr = serve_plain(store.clone(), Some(201), refused.clone(), &stop).await;
+    let mut config = relay_config(&tmp.path().join("relay"), &format!("http://{addr}/mcp"));
+    config.relay.max_in_flight_plain = 3;
+    let relay = start_relay(config).await;
+    let batch: Vec<Value> = (0..600).map(imu).collect();
+    let (code, answer) = post(relay.ingest_addr, Value::Array(batch).to_string()).await;
+    assert_eq!(code, 200, "{answer}");
+    drained(&relay).await;
+    let stream = relay.outbox.stats().stream;
+    let result = audit(
+        &accepted(&answer),
+        &store.events("test-gw", stream).unwrap(),
+    );
+    assert!(result.is_clean(), "{result}");
+    assert_eq!(result.delivered, 600);
+    // Sent twice from seq 201: refused, then again on the next session.
+    assert_eq!(refused.load(SeqCst), 2);
+    assert!(report(&relay).reconnects >= 2, "{:?}", report(&relay));
+    relay.stop().await;
     stop.cancel();
 }
 
