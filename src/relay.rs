@@ -360,8 +360,8 @@ impl Relay {
             if cursor > before {
                 pending_ack = Some(cursor);
                 self.status.delivered(covered);
-                log::debug!(gateway = gateway, stream:% = stream, last_seq = sent_to, acked_seq = cursor;
-                    "batch acknowledged");
+                log::debug!(gateway = gateway, stream:% = stream, seq = before + 1, last_seq = sent_to,
+                    acked_seq = cursor; "batch acknowledged");
             }
         }
     }
