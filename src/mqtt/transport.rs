@@ -49,15 +49,23 @@ pub struct MqttTransport<R: ServiceRole> {
     _role: PhantomData<R>,
 }
 
-/// Whether `payload` is a JSON-RPC message whose `method` is `method`. Reads the method
-/// without building the rest of the message (a batch of events can be large).
-pub fn has_method(payload: &[u8], method: &str) -> bool {
+/// The `method` of a JSON-RPC message, read without building the rest of it (a batch of
+/// events can be large); `None` for a response or a payload that is not JSON-RPC.
+fn method_of(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Head<'a> {
         #[serde(borrow)]
         method: Option<std::borrow::Cow<'a, str>>,
     }
-    serde_json::from_slice::<Head>(payload).is_ok_and(|h| h.method.as_deref() == Some(method))
+    serde_json::from_slice::<Head>(payload)
+        .ok()?
+        .method
+        .map(|m| m.into_owned())
+}
+
+/// Whether `payload` is a JSON-RPC message whose `method` is `method`.
+pub fn has_method(payload: &[u8], method: &str) -> bool {
+    method_of(payload).as_deref() == Some(method)
 }
 
 /// Whether the peer said `notifications/disconnected` (mcp-over-mqtt §Disconnect).
@@ -68,7 +76,10 @@ pub fn is_disconnected(payload: &[u8]) -> bool {
 /// True for a request that opens a session and so goes to the server control topic:
 /// `initialize` (mcp-over-mqtt §Initialization) or `server/discover` (MCP 2026-07-28).
 fn opens_session(payload: &[u8]) -> bool {
-    has_method(payload, "initialize") || has_method(payload, "server/discover")
+    matches!(
+        method_of(payload).as_deref(),
+        Some("initialize" | "server/discover")
+    )
 }
 
 impl<R: ServiceRole> MqttTransport<R> {
