@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use edge_relay::contract::{CURSOR_TOOL, INGEST_TOOL, IngestArgs};
 use edge_relay::event::Event;
-use edge_relay::relay::Connector;
 use edge_relay::tls::ClientTls;
+use edge_relay::uplink::Connector;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::{EraChoice, SessionConfig};
 use uuid::Uuid;

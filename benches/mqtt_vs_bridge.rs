@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use edge_relay::audit::audit;
+use edge_relay::cli::local_client;
+use edge_relay::demo::audit::audit;
 use edge_relay::demo::daphnet;
-use edge_relay::local_client;
-use edge_relay::mosquitto::{MAX_QUEUED_MESSAGES, Mosquitto};
+use edge_relay::demo::mosquitto::{MAX_QUEUED_MESSAGES, Mosquitto};
 use edge_relay::sink::SinkStore;
 use edge_relay::sink::mqtt::{MqttServe, serve_mqtt};
 use hyper::Method;
@@ -1175,7 +1175,7 @@ async fn main() -> anyhow::Result<()> {
     let bodies = Arc::new(work.bodies.clone());
     println!(
         "mqtt_vs_bridge: {n} Daphnet events per run; mosquitto {}; debug assertions: {}",
-        edge_relay::mosquitto::find_binary()?.display(),
+        edge_relay::demo::mosquitto::find_binary()?.display(),
         cfg!(debug_assertions)
     );
     println!(

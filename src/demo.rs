@@ -1,7 +1,9 @@
 //! `edge-relay demo`: the reference upstream and the relay in one process, fed the Daphnet
 //! recording, with upstream outages and a relay restart, audited against the upstream's store.
 
+pub mod audit;
 pub mod daphnet;
+pub mod mosquitto;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,12 +19,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::audit::audit;
+use crate::cli::local_client;
 use crate::config::{Config, Transport};
-use crate::mosquitto::Mosquitto;
+use crate::daemon::Daemon;
 use crate::sink::mqtt::{MqttServe, serve_mqtt};
 use crate::sink::{SinkStore, serve_http};
-use crate::{Daemon, local_client};
+use audit::audit;
+use mosquitto::Mosquitto;
 
 /// Wall time between producer posts (each posts every sample that is due).
 pub const TICK: Duration = Duration::from_millis(100);
@@ -133,7 +136,7 @@ async fn start_relay(
     }
     config.relay.backoff_max_ms = 1_000;
     config.relay.request_timeout_ms = 3_000;
-    crate::start(config, None).await
+    crate::daemon::start(config, crate::daemon::Seams::default()).await
 }
 
 /// Runs the demo; exit code 0 only if the audit is clean.

@@ -8,8 +8,6 @@
 pub mod backoff;
 pub mod window;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +23,7 @@ use crate::heartbeat::Heartbeat;
 use crate::outbox::{Delivery, Outbox, OutboxError};
 use crate::status::{StatusBoard, UpstreamState};
 use crate::uplink::diagnose::Diagnosis;
-use crate::uplink::{CLOSE_TIMEOUT, Session, SessionConfig, UplinkError};
+use crate::uplink::{CLOSE_TIMEOUT, Connector, Session, SessionConfig, UplinkError};
 use backoff::Backoff;
 use window::Window;
 
@@ -34,23 +32,11 @@ use window::Window;
 /// the next start resends from its cursor. Bounds the stop time whatever `request_timeout_ms` is.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Longest one turn of the loop waits on the network by its own timeouts: an MQTT connect is
-/// up to five exchanges of `request_timeout` (connect, two subscribes, discovery, session
-/// start), twice when a legacy-only server makes it start again with `initialize`, plus
-/// closing the previous session. The watchdog allows a silent relay this long.
-pub fn longest_turn(request_timeout: Duration) -> Duration {
-    request_timeout * 10 + CLOSE_TIMEOUT
-}
-
-/// Opens sessions to the upstream; the seam between the relay loop and a transport.
-pub trait Connector: Send + Sync + 'static {
-    /// Connects and runs `initialize`.
-    fn connect(
-        &self,
-        config: SessionConfig,
-    ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>>;
-    /// Where it connects to, for logs (no secrets).
-    fn describe(&self) -> String;
+/// Longest one turn of the loop waits on the network by its own timeouts: a connect through
+/// `connector` ([`Connector::longest_connect`]) plus closing the previous session. The
+/// watchdog allows a silent relay this long.
+pub fn longest_turn(connector: &dyn Connector, request_timeout: Duration) -> Duration {
+    connector.longest_connect(request_timeout) + CLOSE_TIMEOUT
 }
 
 /// Why a session ended.

@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edge_relay::audit::audit;
+use edge_relay::demo::audit::audit;
 use serde_json::{Value, json};
 use support::process::{free_port, poll_until};
 use support::*;
@@ -109,7 +109,7 @@ fn big_event(n: u64) -> Value {
 
 /// Posts big events until one is refused; returns what was accepted and the refusal.
 async fn post_until_refused(
-    relay: &edge_relay::Daemon,
+    relay: &edge_relay::daemon::Daemon,
     accepted_all: &mut Vec<(u64, Uuid)>,
 ) -> (u16, Value) {
     for n in 0..10_000 {

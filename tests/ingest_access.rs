@@ -7,8 +7,8 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
+use edge_relay::cli::local_client;
 use edge_relay::config::Secret;
-use edge_relay::local_client;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;

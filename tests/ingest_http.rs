@@ -3,10 +3,10 @@
 
 mod support;
 
-use edge_relay::audit::audit;
+use edge_relay::cli::local_client;
 use edge_relay::config::Overflow;
 use edge_relay::contract::Gap;
-use edge_relay::local_client;
+use edge_relay::demo::audit::audit;
 use hyper::Method;
 use serde_json::{Value, json};
 use support::*;
@@ -162,7 +162,7 @@ async fn status_metrics_and_health_endpoints_answer() {
 
 /// Fills a 1 MiB buffer with ~10 KiB events (no upstream) until the first refusal or drop.
 async fn fill(
-    relay: &edge_relay::Daemon,
+    relay: &edge_relay::daemon::Daemon,
     until_dropped: u64,
 ) -> (Vec<(u64, uuid::Uuid)>, Option<Value>) {
     let mut all = Vec::new();

@@ -5,8 +5,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use edge_relay::Daemon;
 use edge_relay::config::{Config, MqttIngestConfig, Overflow};
+use edge_relay::daemon::Daemon;
 use edge_relay::event::{Event, MAX_SOURCE_LEN, now_rfc3339};
 use edge_relay::ingest::mqtt::{KIND, KIND_REJECTED};
 use edge_relay::outbox::OutboxStats;

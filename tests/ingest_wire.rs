@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
-use edge_relay::audit::audit;
 use edge_relay::contract::packed::{MAX_UNPACKED_BYTES, pack};
 use edge_relay::contract::{Ack, Gap, IngestArgs};
+use edge_relay::demo::audit::audit;
 use edge_relay::event::Event;
 use edge_relay::sink::SinkStore;
 use edge_relay::uplink::http_client::{HttpTimeouts, HyperHttpClient};

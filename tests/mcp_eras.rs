@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_relay::audit::audit;
+use edge_relay::demo::audit::audit;
 use edge_relay::sink::Eras;
 use edge_relay::status::{StatusReport, UpstreamState};
 use edge_relay::uplink::http_client::{HttpClientError, HttpTimeouts, HyperHttpClient};

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use edge_relay::audit::audit;
-use edge_relay::mosquitto::Mosquitto;
+use edge_relay::demo::audit::audit;
+use edge_relay::demo::mosquitto::Mosquitto;
 use edge_relay::mqtt::link::Link;
 use edge_relay::mqtt::topics;
 use edge_relay::sink::{Eras, SinkStore};

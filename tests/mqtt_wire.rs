@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use edge_relay::mosquitto::Mosquitto;
+use edge_relay::demo::mosquitto::Mosquitto;
 use edge_relay::mqtt::link::Link;
 use edge_relay::mqtt::topics;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 
 mod support;
 
-use edge_relay::audit::audit;
+use edge_relay::demo::audit::audit;
 use edge_relay::sink::Eras;
 use serde_json::Value;
 use support::*;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_relay::audit::audit;
-use edge_relay::local_client;
+use edge_relay::cli::local_client;
+use edge_relay::demo::audit::audit;
 use edge_relay::status::StatusReport;
 use hyper::Method;
 use serde_json::Value;

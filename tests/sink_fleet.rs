@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 
-use edge_relay::Daemon;
-use edge_relay::audit::audit;
+use edge_relay::daemon::Daemon;
+use edge_relay::demo::audit::audit;
 use edge_relay::sink::{PgStore, SinkBackend};
 use support::postgres::Postgres;
 use support::process::{BINARY, DaemonChild, child_command, free_port, poll_until, wait_listening};

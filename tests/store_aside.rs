@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use edge_relay::local_client;
+use edge_relay::cli::local_client;
 use hyper::Method;
 use support::process::*;
 use support::*;

@@ -7,9 +7,9 @@ mod support;
 
 use std::path::Path;
 
-use edge_relay::Daemon;
+use edge_relay::cli::local_client;
 use edge_relay::config::{Config, TlsConfig};
-use edge_relay::local_client;
+use edge_relay::daemon::Daemon;
 use edge_relay::sink::Eras;
 use edge_relay::tls::server::ServerTls;
 use support::certs::*;
@@ -98,7 +98,7 @@ async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certifica
         .unwrap();
     assert!(left > 1_000 * 365 * 86_400, "{left}");
     // `probe` names both certificates.
-    let probed = edge_relay::probe::probe(&config, None).await.unwrap();
+    let probed = edge_relay::cli::probe::probe(&config, None).await.unwrap();
     assert!(
         probed.contains("server certificate: CN=localhost, expires"),
         "{probed}"

@@ -9,8 +9,8 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
-use edge_relay::Daemon;
 use edge_relay::config::MqttIngestConfig;
+use edge_relay::daemon::Daemon;
 use edge_relay::sink::{Eras, SinkStore};
 use edge_relay::tls::ClientTls;
 use serde_json::json;

@@ -3,14 +3,14 @@
 
 mod support;
 
-use edge_relay::audit::audit;
-use edge_relay::mosquitto::Mosquitto;
+use edge_relay::demo::audit::audit;
+use edge_relay::demo::mosquitto::Mosquitto;
 use serde_json::Value;
 use support::mcp_mqtt::{MqttSink, relay_config_mqtt};
 use support::*;
 use uuid::Uuid;
 
-async fn post_batch(relay: &edge_relay::Daemon, source: &str, n: u64) -> Vec<(u64, Uuid)> {
+async fn post_batch(relay: &edge_relay::daemon::Daemon, source: &str, n: u64) -> Vec<(u64, Uuid)> {
     let batch: Vec<Value> = (0..n).map(|i| event(source, i)).collect();
     let (code, answer) = post(relay.ingest_addr, Value::Array(batch).to_string()).await;
     assert_eq!(code, 200, "{answer}");

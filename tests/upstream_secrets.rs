@@ -49,7 +49,8 @@ async fn upstream_secrets_never_reach_status_or_errors() {
     let url = format!("http://relay:hunter2@{upstream}/mcp");
     let mut config = relay_config(&tmp.path().join("relay"), &url);
     config.upstream.token_file = Some(token);
-    let connector = edge_relay::build_connector(&config).unwrap();
+    let tls = edge_relay::uplink::upstream_tls(&config);
+    let connector = edge_relay::uplink::build_connector(&config, tls, None).unwrap();
     assert_eq!(connector.describe(), format!("http://***@{upstream}/mcp"));
     let relay = start_relay(config).await;
     let error = poll_until(

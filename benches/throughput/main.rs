@@ -219,7 +219,9 @@ async fn main() {
     // 3. Cycle 1: the relay in this process.
     let generator = proc_status_mib("self", "VmRSS:");
     reset_peak_rss("self");
-    let relay = edge_relay::start(config, None).await.expect("relay");
+    let relay = edge_relay::daemon::start(config, edge_relay::daemon::Seams::default())
+        .await
+        .expect("relay");
     let addr = relay.ingest_addr;
     println!(
         "load generator alone (this process before the relay starts): {generator:.1} MiB RSS; \

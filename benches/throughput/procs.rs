@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use edge_relay::Daemon;
+use edge_relay::daemon::Daemon;
 use edge_relay::outbox::Outbox;
 
 use super::*;

@@ -127,7 +127,7 @@ impl Config {
 
     /// The TLS settings that are in use (`[upstream.tls]`, `[ingest.mqtt.tls]`).
     fn tls_sections(&self) -> Vec<ClientTls> {
-        let mut out = vec![crate::upstream_tls(self)];
+        let mut out = vec![crate::uplink::upstream_tls(self)];
         if let Some(mqtt) = &self.ingest.mqtt {
             out.push(ClientTls::new("ingest.mqtt.tls", mqtt.tls.clone()));
         }

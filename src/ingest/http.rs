@@ -8,13 +8,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::admit::{Refusal, admit};
 use super::body::{BodyError, parse_events};
 use super::receive::{BodyBudget, ReceiveError};
 use crate::config::{HttpIngestConfig, Secret};
+use crate::http_serve::Listener;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
 
@@ -67,7 +67,7 @@ impl IngestHttp {
 
     /// Serves on `listener` until `shutdown`, at most `ingest.http.max_connections` at once;
     /// in-flight requests get [`SHUTDOWN_DRAIN`].
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn run<L: Listener>(self, listener: L, shutdown: CancellationToken) {
         let max_connections = self.max_connections;
         warn_if_descriptors_short(max_connections);
         let this = Arc::new(self);

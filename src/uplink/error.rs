@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use rmcp::model::{ErrorCode, ErrorData, ProtocolVersion};
 use rmcp::service::{ClientInitializeError, ServiceError};
-use rmcp::transport::streamable_http_client::StreamableHttpError;
 
-use super::http_client::HttpClientError;
+use super::connector::{ReadTransportError, TransportSignal};
 
 /// Why an upstream exchange failed. Every variant means "do not advance the cursor".
 #[derive(Debug, thiserror::Error)]
@@ -84,19 +83,19 @@ impl UplinkError {
     }
 }
 
-/// A transport error's `Retry-After`, when it is our HTTP client's 429/503.
+/// A transport error's `Retry-After`, when its transport read one (`read`).
 fn throttled(
     error: &(dyn std::error::Error + Send + Sync + 'static),
+    read: ReadTransportError,
     message: &str,
 ) -> Option<UplinkError> {
-    let retry_after = match error.downcast_ref::<StreamableHttpError<HttpClientError>>()? {
-        StreamableHttpError::Client(e) => e.retry_after()?,
-        _ => return None,
-    };
-    Some(UplinkError::Throttled {
-        retry_after,
-        message: message.to_owned(),
-    })
+    match read(error)? {
+        TransportSignal::Throttled(retry_after) => Some(UplinkError::Throttled {
+            retry_after,
+            message: message.to_owned(),
+        }),
+        TransportSignal::SessionExpired => None,
+    }
 }
 
 /// -32022 with its `data.supported` list, as [`UplinkError::Unsupported`].
@@ -117,13 +116,18 @@ fn versions(list: &[ProtocolVersion]) -> String {
     names.join(", ")
 }
 
-/// A failed session start (`asked`: the revisions offered) as an [`UplinkError`].
-pub(super) fn start_error(e: ClientInitializeError, asked: &[ProtocolVersion]) -> UplinkError {
+/// A failed session start (`asked`: the revisions offered) as an [`UplinkError`]; `read` is the
+/// transport's reading of its own errors.
+pub(super) fn start_error(
+    e: ClientInitializeError,
+    asked: &[ProtocolVersion],
+    read: ReadTransportError,
+) -> UplinkError {
     match e {
         // The transport's own error, without rmcp's generic type names around it.
         ClientInitializeError::TransportError { error, context } => {
             let message = format!("connect/initialize failed: {context}: {}", error.error);
-            throttled(&*error.error, &message)
+            throttled(&*error.error, read, &message)
                 .unwrap_or_else(|| UplinkError::Connect(format!("{context}: {}", error.error)))
         }
         ClientInitializeError::NoCompatibleProtocolVersion {
@@ -141,15 +145,16 @@ pub(super) fn start_error(e: ClientInitializeError, asked: &[ProtocolVersion]) -
         ClientInitializeError::LegacyFallbackFailed { discover, fallback } => {
             UplinkError::Connect(format!(
                 "server/discover failed ({discover}), then initialize failed ({})",
-                start_error(*fallback, asked)
+                start_error(*fallback, asked, read)
             ))
         }
         other => UplinkError::Connect(other.to_string()),
     }
 }
 
-/// A failed request of an open session as an [`UplinkError`]; `tool` names the request.
-pub(super) fn service_error(tool: &str, e: ServiceError) -> UplinkError {
+/// A failed request of an open session as an [`UplinkError`]; `tool` names the request, `read`
+/// is the transport's reading of its own errors.
+pub(super) fn service_error(tool: &str, e: ServiceError, read: ReadTransportError) -> UplinkError {
     match e {
         ServiceError::McpError(err) => UplinkError::Refused {
             tool: tool.into(),
@@ -160,17 +165,13 @@ pub(super) fn service_error(tool: &str, e: ServiceError) -> UplinkError {
             after: timeout,
         },
         ServiceError::TransportSend(t)
-            if matches!(
-                t.error
-                    .downcast_ref::<StreamableHttpError<HttpClientError>>(),
-                Some(StreamableHttpError::SessionExpired)
-            ) =>
+            if read(&*t.error) == Some(TransportSignal::SessionExpired) =>
         {
             UplinkError::SessionExpired(t.error.to_string())
         }
         ServiceError::TransportSend(t) => {
             let message = format!("transport: {}", t.error);
-            throttled(&*t.error, &message)
+            throttled(&*t.error, read, &message)
                 .unwrap_or_else(|| UplinkError::Transport(t.error.to_string()))
         }
         other => UplinkError::Transport(other.to_string()),
@@ -180,6 +181,7 @@ pub(super) fn service_error(tool: &str, e: ServiceError) -> UplinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::connector::nothing_to_read;
     use serde_json::json;
 
     #[test]
@@ -190,7 +192,11 @@ mod tests {
             Some(json!({"supported": ["2025-06-18", "2025-11-25"]})),
         );
         let asked = [ProtocolVersion::V_2026_07_28];
-        let e = start_error(ClientInitializeError::JsonRpcError(error), &asked);
+        let e = start_error(
+            ClientInitializeError::JsonRpcError(error),
+            &asked,
+            nothing_to_read,
+        );
         assert!(e.offers_legacy(), "{e}");
         assert_eq!(
             e.to_string(),
@@ -200,10 +206,18 @@ mod tests {
             client_supported: vec![ProtocolVersion::V_2025_11_25],
             server_supported: vec![ProtocolVersion::V_2026_07_28],
         };
-        let e = start_error(current_only, &[ProtocolVersion::V_2025_11_25]);
+        let e = start_error(
+            current_only,
+            &[ProtocolVersion::V_2025_11_25],
+            nothing_to_read,
+        );
         assert!(matches!(e, UplinkError::Unsupported { .. }) && !e.offers_legacy());
         let other = ErrorData::new(ErrorCode::METHOD_NOT_FOUND, "no", None);
-        let e = start_error(ClientInitializeError::JsonRpcError(other), &asked);
+        let e = start_error(
+            ClientInitializeError::JsonRpcError(other),
+            &asked,
+            nothing_to_read,
+        );
         assert!(e.to_string().contains("JSON-RPC error -32601: no"), "{e}");
     }
 }

@@ -1,12 +1,11 @@
 //! Several upstream URLs as one [`Connector`] (`upstream.urls`): sticky while a URL works, the next one when it does not.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use super::connector::{Connecting, Connector};
 use super::{Session, SessionConfig, UplinkError};
-use crate::relay::Connector;
 use crate::status::StatusBoard;
 
 // Design: the relay loop reconnects only after a session failed (or never opened), so every
@@ -74,11 +73,16 @@ impl FailoverConnector {
 }
 
 impl Connector for FailoverConnector {
-    fn connect(
-        &self,
-        config: SessionConfig,
-    ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
+    fn connect(&self, config: SessionConfig) -> Connecting<'_> {
         Box::pin(self.open(config))
+    }
+
+    /// Every upstream in turn: the sum of theirs.
+    fn longest_connect(&self, request_timeout: Duration) -> Duration {
+        self.upstreams
+            .iter()
+            .map(|u| u.longest_connect(request_timeout))
+            .sum()
     }
 
     /// All upstreams, comma-separated, in order of preference.

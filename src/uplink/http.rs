@@ -1,18 +1,18 @@
 //! The Streamable HTTP uplink: rmcp's client transport over our hyper client, as a [`Connector`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClientTransportConfig, StreamableHttpError,
+};
 
 use hyper_util::client::legacy::connect::Connect;
 
-use super::http_client::{DefaultConnector, HttpTimeouts, HyperHttpClient};
+use super::connector::{Connecting, Connector, TransportSignal};
+use super::http_client::{DefaultConnector, HttpClientError, HttpTimeouts, HyperHttpClient};
 use super::{Session, SessionConfig, UplinkError};
 use crate::config::Secret;
-use crate::relay::Connector;
 use crate::tls::ClientTls;
 
 /// TCP (and TLS) connect timeout of the HTTP uplink.
@@ -70,15 +70,24 @@ impl<C: Connect + Clone + Send + Sync + 'static> HttpConnector<C> {
         transport_config.auth_header = self.token.as_ref().map(|t| t.expose().to_owned());
         let transport =
             StreamableHttpClientTransport::with_client(self.client.clone(), transport_config);
-        Session::start(transport, config).await
+        Session::start(transport, config, read_http_error).await
+    }
+}
+
+/// What an error of rmcp's Streamable HTTP transport over our client says: 404 to a request
+/// carrying `Mcp-Session-Id` is an expired session; 429/503 with `Retry-After` is a throttle.
+fn read_http_error(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Option<TransportSignal> {
+    match error.downcast_ref::<StreamableHttpError<HttpClientError>>()? {
+        StreamableHttpError::SessionExpired => Some(TransportSignal::SessionExpired),
+        StreamableHttpError::Client(e) => e.retry_after().map(TransportSignal::Throttled),
+        _ => None,
     }
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Connector for HttpConnector<C> {
-    fn connect(
-        &self,
-        config: SessionConfig,
-    ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
+    fn connect(&self, config: SessionConfig) -> Connecting<'_> {
         Box::pin(super::negotiate(config, |c| self.open(c)))
     }
 

@@ -2,15 +2,19 @@
 //! in the current era (MCP 2026-07-28) when the server serves it, else the `initialize` era.
 //!
 //! - [`session`]: one session, its era, the `edge_cursor` / `edge_ingest` calls.
+//! - [`connector`]: [`Connector`], how the relay opens sessions; each transport implements it.
 //! - [`error`]: [`UplinkError`] and the mapping from rmcp's errors.
 //! - [`diagnose`]: the contract check of a server's tools (`probe`, and `run` after a refusal).
 //! - [`http`], [`http_client`]: Streamable HTTP over hyper; [`https`]: its TLS connector.
 //! - [`mqtt`]: MCP over MQTT.
 //! - [`failover`]: several upstream URLs as one connector (`upstream.urls`).
+//! - [`from_config`]: the session and connector `[upstream]` describes, built in one place.
 
+pub mod connector;
 pub mod diagnose;
 pub mod error;
 pub mod failover;
+pub mod from_config;
 pub mod http;
 pub mod http_client;
 pub mod https;
@@ -20,10 +24,10 @@ pub mod session;
 use std::future::Future;
 use std::time::Duration;
 
+pub use connector::Connector;
 pub use error::UplinkError;
+pub use from_config::{build_connector, upstream_tls};
 pub use session::{Negotiated, Session, client_info, parse_ack};
-
-use crate::config::Config;
 
 /// How long a graceful session close may take in all (HTTP: `DELETE` of a legacy session;
 /// MQTT: `notifications/disconnected` and DISCONNECT).
@@ -56,18 +60,6 @@ pub struct SessionConfig {
     pub request_timeout: Duration,
     /// The era to negotiate.
     pub era: EraChoice,
-}
-
-impl SessionConfig {
-    /// The session `config.upstream` and `config.relay` describe, preferring the current era.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            ingest_tool: config.upstream.ingest_tool.clone(),
-            cursor_tool: config.upstream.cursor_tool.clone(),
-            request_timeout: config.relay.request_timeout(),
-            era: EraChoice::PreferCurrent,
-        }
-    }
 }
 
 /// Starts a session with `open` (one transport's session start) as `config.era` asks; when

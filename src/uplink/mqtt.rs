@@ -1,8 +1,6 @@
 //! The MCP over MQTT uplink (mqtt-ai/mcp-over-mqtt, basic/mqtt_transport.md, commit cd3a13a):
 //! discover a server by presence, then one MQTT connection with a fresh client id per session.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use rand::seq::IndexedRandom;
@@ -11,12 +9,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::connector::{Connecting, Connector, nothing_to_read};
 use super::{Session, SessionConfig, UplinkError};
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
 use crate::mqtt::transport::{Inbox, MqttTransport, has_method, is_disconnected};
-use crate::relay::Connector;
 use crate::tls::ClientTls;
 
 /// After the first server shows up, how long discovery waits for more retained presences.
@@ -125,7 +123,7 @@ impl MqttConnector {
         );
         let presence = topics::server_presence(&server.id, &server.name);
         let goodbye = tokio::spawn(route(link, inbox, rpc, presence, client_id, closed));
-        match Session::start(transport, config).await {
+        match Session::start(transport, config, nothing_to_read).await {
             Ok(session) => Ok(session.with_goodbye(goodbye)),
             Err(e) => {
                 // The transport is gone, so `route` says goodbye; a probe must not exit first.
@@ -216,11 +214,15 @@ async fn route(
 }
 
 impl Connector for MqttConnector {
-    fn connect(
-        &self,
-        config: SessionConfig,
-    ) -> Pin<Box<dyn Future<Output = Result<Session, UplinkError>> + Send + '_>> {
+    fn connect(&self, config: SessionConfig) -> Connecting<'_> {
         Box::pin(super::negotiate(config, |c| self.open(c)))
+    }
+
+    /// Up to five exchanges of `request_timeout` per session start (broker connect, two
+    /// subscribes, discovery, the session start itself), twice when a legacy-only server makes
+    /// it start again with `initialize`.
+    fn longest_connect(&self, request_timeout: Duration) -> Duration {
+        request_timeout * 10
     }
 
     fn describe(&self) -> String {

@@ -8,6 +8,7 @@ use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningSe
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use super::connector::ReadTransportError;
 use super::error::{service_error, start_error};
 use super::{CLOSE_TIMEOUT, EraChoice, SessionConfig, UplinkError};
 use crate::contract::{Ack, CLIENT_NAME, CursorArgs, EVENTS_ZSTD, IngestArgs, IngestBatch};
@@ -73,17 +74,23 @@ fn lifecycle(era: EraChoice) -> (ClientLifecycleMode, Vec<ProtocolVersion>) {
 pub struct Session {
     client: RunningService<RoleClient, ClientConfig>,
     config: SessionConfig,
+    read: ReadTransportError,
     goodbye: Option<JoinHandle<()>>,
 }
 
 impl Session {
     /// Starts a session over `transport` in `config.era` (`server/discover` and/or
-    /// `initialize`, rmcp's client lifecycles), within the request timeout.
+    /// `initialize`, rmcp's client lifecycles), within the request timeout. `read` is the
+    /// transport's reading of its own errors (session expiry, `Retry-After`).
     ///
     /// # Errors
     /// [`UplinkError::Timeout`], [`UplinkError::Unsupported`] (-32022: the server serves
     /// none of the revisions offered) or [`UplinkError::Connect`].
-    pub async fn start<T, E, A>(transport: T, config: SessionConfig) -> Result<Self, UplinkError>
+    pub async fn start<T, E, A>(
+        transport: T,
+        config: SessionConfig,
+        read: ReadTransportError,
+    ) -> Result<Self, UplinkError>
     where
         T: rmcp::transport::IntoTransport<RoleClient, E, A>,
         E: std::error::Error + Send + Sync + 'static,
@@ -97,10 +104,11 @@ impl Session {
                 what: "the session start (server/discover or initialize)".into(),
                 after: timeout,
             })?
-            .map_err(|e| start_error(e, &asked))?;
+            .map_err(|e| start_error(e, &asked, read))?;
         Ok(Self {
             client,
             config,
+            read,
             goodbye: None,
         })
     }
@@ -145,7 +153,7 @@ impl Session {
                 what: "the answer to tools/list".into(),
                 after: timeout,
             })?
-            .map_err(|e| service_error("tools/list", e))
+            .map_err(|e| service_error("tools/list", e, self.read))
     }
 
     /// `edge_cursor`: the upstream's contiguous high-water mark for this stream.
@@ -224,7 +232,7 @@ impl Session {
                 what: format!("the answer to {tool}"),
                 after: timeout,
             })?
-            .map_err(|e| service_error(tool, e))?;
+            .map_err(|e| service_error(tool, e, self.read))?;
         parse_ack(tool, result)
     }
 

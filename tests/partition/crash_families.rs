@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edge_relay::Daemon;
-use edge_relay::audit::audit;
+use edge_relay::daemon::Daemon;
+use edge_relay::demo::audit::audit;
+use edge_relay::demo::mosquitto::Mosquitto;
 use edge_relay::event::Event;
-use edge_relay::mosquitto::Mosquitto;
 use edge_relay::outbox::Outbox;
 use edge_relay::sink::SinkStore;
 use rand::RngExt;

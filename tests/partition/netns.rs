@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_relay::audit::audit;
+use edge_relay::demo::audit::audit;
 use edge_relay::sink::SinkStore;
 use edge_relay::status::StatusReport;
 use rand::RngExt;

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_relay::audit::audit;
 use edge_relay::config::{Config, MqttIngestConfig};
+use edge_relay::demo::audit::audit;
+use edge_relay::demo::mosquitto::Mosquitto;
 use edge_relay::event::Event;
-use edge_relay::mosquitto::Mosquitto;
 use edge_relay::mqtt::link::KEEP_ALIVE;
 use edge_relay::sink::{Eras, SinkStore};
 use edge_relay::tls::server::ServerTls;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use edge_relay::audit::Audit;
+use edge_relay::cli::local_client;
 use edge_relay::contract::{CURSOR_TOOL, CursorArgs, INGEST_TOOL};
+use edge_relay::demo::audit::Audit;
 use edge_relay::event::Event;
-use edge_relay::local_client;
-use edge_relay::relay::Connector;
 use edge_relay::sink::{SinkBackend, SinkStore};
 use edge_relay::tls::ClientTls;
+use edge_relay::uplink::Connector;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::{EraChoice, SessionConfig};
 use futures::future::BoxFuture;

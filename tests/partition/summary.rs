@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_relay::audit::Audit;
+use edge_relay::demo::audit::Audit;
 
 /// Totals of one family over all its runs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_relay::cli::local_client;
 use edge_relay::config::Config;
+use edge_relay::daemon::Daemon;
 use edge_relay::event::Event;
 use edge_relay::sink::{Eras, HttpOptions, SinkStore, serve_http_options};
 use edge_relay::tls::server::{ServerTls, TlsListener};
-use edge_relay::{Daemon, local_client};
 use hyper::Method;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -143,7 +144,9 @@ pub fn relay_config(data_dir: &Path, upstream_url: &str) -> Config {
 }
 
 pub async fn start_relay(config: Config) -> Daemon {
-    edge_relay::start(config, None).await.unwrap()
+    edge_relay::daemon::start(config, edge_relay::daemon::Seams::default())
+        .await
+        .unwrap()
 }
 
 /// POSTs a body to `/v1/events`; returns the status and parsed JSON answer.

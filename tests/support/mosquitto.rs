@@ -17,11 +17,11 @@ use super::certs::Leaf;
 /// Pause between subscription probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Largest packet the test publisher sends.
-pub const MAX_PACKET_BYTES: u32 = edge_relay::mosquitto::MAX_PACKET_BYTES;
+pub const MAX_PACKET_BYTES: u32 = edge_relay::demo::mosquitto::MAX_PACKET_BYTES;
 
-/// A real broker in its own temp dir (see `edge_relay::mosquitto`); killed when dropped.
+/// A real broker in its own temp dir (see `edge_relay::demo::mosquitto`); killed when dropped.
 pub struct Mosquitto {
-    inner: edge_relay::mosquitto::Mosquitto,
+    inner: edge_relay::demo::mosquitto::Mosquitto,
     _dir: tempfile::TempDir,
 }
 
@@ -29,7 +29,7 @@ impl Mosquitto {
     /// Starts a broker on a free loopback port; with `persistence` it saves its database.
     pub async fn start(persistence: bool) -> Mosquitto {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let inner = edge_relay::mosquitto::Mosquitto::start(dir.path(), persistence)
+        let inner = edge_relay::demo::mosquitto::Mosquitto::start(dir.path(), persistence)
             .unwrap_or_else(|e| panic!("{e:#}"));
         Mosquitto { inner, _dir: dir }
     }
@@ -45,7 +45,7 @@ impl Mosquitto {
             server.cert.display(),
             server.key.display()
         );
-        let inner = edge_relay::mosquitto::Mosquitto::start_with(dir.path(), false, &tls)
+        let inner = edge_relay::demo::mosquitto::Mosquitto::start_with(dir.path(), false, &tls)
             .unwrap_or_else(|e| panic!("{e:#}"));
         Mosquitto { inner, _dir: dir }
     }

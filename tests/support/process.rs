@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_relay::local_client;
+use edge_relay::cli::local_client;
 use edge_relay::status::StatusReport;
 use hyper::Method;
 

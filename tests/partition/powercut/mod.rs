@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edge_relay::audit::{Audit, audit};
+use edge_relay::demo::audit::{Audit, audit};
 use edge_relay::event::Event;
 use edge_relay::sink::SinkStore;
 use rand::RngExt;

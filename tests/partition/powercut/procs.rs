@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use edge_relay::cli::local_client;
 use edge_relay::event::DEFAULT_MAX_EVENT_BYTES;
-use edge_relay::local_client;
 use hyper::Method;
 use rand::RngExt;
 use rand::rngs::StdRng;

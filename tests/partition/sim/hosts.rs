@@ -5,16 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use edge_relay::config::{BufferConfig, Overflow, RelayConfig};
-use edge_relay::contract::{CURSOR_TOOL, INGEST_TOOL};
+use edge_relay::config::{BufferConfig, Config, Overflow, RelayConfig};
+use edge_relay::daemon::{self, Seams};
 use edge_relay::event::NewEvent;
 use edge_relay::outbox::{Outbox, OutboxConfig, OutboxStats};
-use edge_relay::relay::Relay;
 use edge_relay::sink::{SinkStore, serve_http_with};
-use edge_relay::status::StatusBoard;
 use edge_relay::uplink::http::HttpConnector;
 use edge_relay::uplink::http_client::{HttpTimeouts, HyperHttpClient};
-use edge_relay::uplink::{EraChoice, SessionConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
@@ -28,6 +25,8 @@ use super::schedule::Schedule;
 pub const GATEWAY: &str = "gw-sim";
 /// Port of the upstream's MCP endpoint.
 const PORT: u16 = 8787;
+/// Port of the gateway's HTTP ingest.
+const INGEST_PORT: u16 = 7878;
 /// Where the relay's connections go in turmoil's DNS.
 const UPSTREAM_ADDR: &str = "upstream:8787";
 /// The relay's URL: a loopback authority (the sink's Host guard), routed by [`SimConnect`].
@@ -111,42 +110,58 @@ pub async fn upstream(dir: PathBuf, shared: SharedRef) -> turmoil::Result {
     Err("serve_http returned".into())
 }
 
-/// The gateway's software: open the outbox in `dir`, run its writer and the relay, and post
-/// events until the harness says stop.
+/// The gateway's software: the daemon as it ships ([`daemon::start`]: outbox, writer, HTTP
+/// ingest, relay) on the simulated network, and a producer appending to its outbox until the
+/// harness says stop.
 pub async fn relay(dir: PathBuf, shared: SharedRef, schedule: Arc<Schedule>) -> turmoil::Result {
-    let config = outbox_config(schedule.drop_oldest);
-    let (outbox, writer) = open_retrying("outbox", || Outbox::open(&dir, config.clone())).await?;
-    shared.lock().relay = Some(outbox.watch());
-    let never = CancellationToken::new();
-    tokio::spawn(writer.run(never.clone()));
+    let config = gateway_config(dir);
     let timeouts = HttpTimeouts {
-        connect: Duration::from_millis(relay_config().request_timeout_ms),
-        response_headers: Duration::from_millis(relay_config().request_timeout_ms),
+        connect: config.relay.request_timeout(),
+        response_headers: config.relay.request_timeout(),
     };
-    let target = SimConnect {
-        target: UPSTREAM_ADDR,
+    let deadline = Instant::now() + REOPEN_WAIT;
+    let daemon = loop {
+        let target = SimConnect {
+            target: UPSTREAM_ADDR,
+        };
+        let client = HyperHttpClient::with_connector(target, timeouts)?;
+        let seams = Seams {
+            listener: Some(SimListener(
+                turmoil::net::TcpListener::bind(("0.0.0.0", INGEST_PORT)).await?,
+            )),
+            connector: Some(Box::new(HttpConnector::with_client(URL, None, client))),
+            watchdog: None,
+            outbox: Some(outbox_config(schedule.drop_oldest)),
+        };
+        match daemon::start(config.clone(), seams).await {
+            Ok(daemon) => break daemon,
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("daemon not restarted after {REOPEN_WAIT:?}: {e:#}").into());
+            }
+            // A crashed incarnation still holds the sled lock.
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
     };
-    let client = HyperHttpClient::with_connector(target, timeouts)?;
-    let session = SessionConfig {
-        ingest_tool: INGEST_TOOL.into(),
-        cursor_tool: CURSOR_TOOL.into(),
-        request_timeout: timeouts.response_headers,
-        era: EraChoice::PreferCurrent,
-    };
-    let relay = Relay::new(
-        outbox.clone(),
-        Arc::new(StatusBoard::default()),
-        GATEWAY,
-        relay_config(),
-        session,
-        Box::new(HttpConnector::with_client(URL, None, client)),
-    );
-    tokio::spawn(relay.run(never));
-    produce(&outbox, &shared, &schedule).await?;
+    shared.lock().relay = Some(daemon.outbox.watch());
+    produce(&daemon.outbox, &shared, &schedule).await?;
     // The host must stay up: when its main future ends, turmoil stops driving its tasks.
     std::future::pending().await
 }
 
+/// The simulated gateway's config: the shipped defaults, the simulation's [`relay_config`].
+fn gateway_config(data_dir: PathBuf) -> Config {
+    let mut config = Config {
+        gateway_id: GATEWAY.into(),
+        data_dir,
+        relay: relay_config(),
+        ..Config::default()
+    };
+    config.upstream.url = URL.into();
+    config
+}
+
+/// The outbox's bounds: the shipped ones, or under `drop_oldest` a buffer of
+/// [`DROP_OLDEST_MAX_BYTES`] (below what `validate()` allows an operator).
 fn outbox_config(drop_oldest: bool) -> OutboxConfig {
     let mut buffer = BufferConfig::default();
     if drop_oldest {

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use edge_relay::audit::{Audit, audit, audit_with_gaps};
 use edge_relay::contract::Gap;
+use edge_relay::demo::audit::{Audit, audit, audit_with_gaps};
 use edge_relay::event::Event;
 use edge_relay::outbox::OutboxStats;
 

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::contract::CursorArgs;
-use crate::relay::Connector;
 use crate::tls::{ClientTls, x509};
+use crate::uplink::Connector;
 use crate::uplink::diagnose::Diagnosis;
 use crate::uplink::{EraChoice, SessionConfig};
 
@@ -22,8 +22,8 @@ use crate::uplink::{EraChoice, SessionConfig};
 /// Connecting fails (with the server's certificate, if it sent one), or the upstream does not
 /// meet the contract (the message lists every problem found).
 pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<String> {
-    let tls = crate::upstream_tls(config);
-    let connector = crate::build_connector_with(config, tls.clone())?;
+    let tls = crate::uplink::upstream_tls(config);
+    let connector = crate::uplink::build_connector(config, tls.clone(), None)?;
     let session_config = SessionConfig::from_config(config);
     let mut out = String::new();
     let session = connector
@@ -134,5 +134,33 @@ async fn other_era(connector: &dyn Connector, config: &SessionConfig, current: b
             format!("also serves {name}: yes ({version})")
         }
         Err(e) => format!("also serves {name}: no ({e})"),
+    }
+}
+
+/// `edge-relay probe`: asks the running daemon (if any) for its stream, probes, prints the
+/// report; failure when the upstream cannot be probed or does not meet the contract.
+///
+/// # Errors
+/// None of its own: a failed probe is printed and returned as failure.
+pub async fn run(config: &Config) -> anyhow::Result<std::process::ExitCode> {
+    let stream = super::local_client::request(
+        config.ingest.http.listen,
+        hyper::Method::GET,
+        "/v1/status",
+        vec![],
+    )
+    .await
+    .ok()
+    .and_then(|(_, body)| serde_json::from_str::<crate::status::StatusReport>(&body).ok())
+    .map(|r| r.stream);
+    match probe(config, stream).await {
+        Ok(report) => {
+            print!("{report}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(std::process::ExitCode::FAILURE)
+        }
     }
 }

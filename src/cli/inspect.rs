@@ -195,3 +195,38 @@ mod tests {
         assert!(err.contains("holds no edge-relay store"), "{err}");
     }
 }
+
+/// Flags of `edge-relay inspect`.
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// TOML config file whose `data_dir` to inspect; without it every key has its default.
+    #[arg(long, short, env = "EDGE_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Inspect this directory instead of the config's `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How many of the oldest backlog events to print.
+    #[arg(long, default_value_t = 0)]
+    pub events: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the [`Inspection`] of the data dir `args` name, as text or JSON.
+///
+/// # Errors
+/// As [`inspect`]; or the config cannot be loaded.
+pub fn run(args: InspectArgs) -> anyhow::Result<std::process::ExitCode> {
+    let dir = match args.data_dir {
+        Some(dir) => dir,
+        None => super::load(args.config)?.data_dir,
+    };
+    let seen = inspect(&dir, args.events)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&seen)?);
+    } else {
+        print!("{seen}");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
