@@ -1,4 +1,4 @@
-//! The sink's store on PostgreSQL: several sink nodes on one database serve any gateway (DESIGN §8).
+//! The sink's store on PostgreSQL: several sink nodes on one database serve any gateway (docs/DESIGN.md §11).
 
 mod ingest;
 pub mod migrate;
@@ -83,7 +83,7 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Stores a batch (DESIGN §2 `edge_ingest`) in one transaction and answers with the
+    /// Stores a batch (`edge_ingest`) in one transaction and answers with the
     /// stream's contiguous mark after `COMMIT`: the same answers as [`crate::sink::SinkStore::ingest`].
     ///
     /// Batches of one stream from any number of nodes are serialised by a row lock on the
@@ -110,7 +110,7 @@ impl PgStore {
         Ok(outcome.ack)
     }
 
-    /// The stream's contiguous mark (DESIGN §2 `edge_cursor`) as last committed by any node;
+    /// The stream's contiguous mark (`edge_cursor`) as last committed by any node;
     /// `acked_seq: None` when the stream is unknown or nothing is contiguous yet.
     ///
     /// # Errors
