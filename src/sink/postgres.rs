@@ -92,7 +92,7 @@ impl PgStore {
     ///
     /// # Errors
     /// [`SinkError::InvalidBatch`] (nothing stored) for the batches the sled store refuses,
-    /// and also for a seq or gap end above [`ingest::MAX_SEQ`] or a `gateway`, `source`,
+    /// and also for a seq or gap end above `ingest::MAX_SEQ` or a `gateway`, `source`,
     /// `kind` or `time` holding a NUL character (PostgreSQL text cannot); [`SinkError::Database`]
     /// when the database fails (nothing of the batch is committed then).
     pub async fn ingest(&self, args: &IngestArgs) -> Result<Ack, SinkError> {
