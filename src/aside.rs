@@ -1,4 +1,4 @@
-//! A store that cannot be opened is moved aside, never a crash loop (DESIGN §4).
+//! A store that cannot be opened is moved aside, never a crash loop (docs/DESIGN.md §7).
 //!
 //! sled 0.34 can panic or hang while opening a damaged store (issue 9 saw both after power
 //! cuts). With `panic = "abort"` under systemd's `Restart=` that would be a crash loop with

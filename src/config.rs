@@ -1,4 +1,4 @@
-//! TOML configuration (DESIGN §7): every key has a default, unknown keys are refused, `validate()`.
+//! TOML configuration (docs/DESIGN.md §12): every key has a default, unknown keys are refused, `validate()`.
 
 use std::fmt;
 use std::net::SocketAddr;

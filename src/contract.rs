@@ -1,4 +1,4 @@
-//! The upstream tool contract (DESIGN §2): arguments and results of `edge_ingest` and `edge_cursor`.
+//! The upstream tool contract (docs/DESIGN.md §3): arguments and results of `edge_ingest` and `edge_cursor`.
 
 pub mod packed;
 
@@ -14,7 +14,7 @@ pub use packed::EVENTS_ZSTD;
 pub const INGEST_TOOL: &str = "edge_ingest";
 /// Default name of the cursor tool.
 pub const CURSOR_TOOL: &str = "edge_cursor";
-/// `clientInfo.name` the relay announces (DESIGN §2).
+/// `clientInfo.name` the relay announces.
 pub const CLIENT_NAME: &str = "edge-relay";
 
 /// A hole in a stream left by the `drop_oldest` overflow policy: seqs `dropped_from..=dropped_to`

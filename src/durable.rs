@@ -147,8 +147,7 @@ impl FsSync {
     ///
     /// sled's part runs on sled's own pool (`flush_async`), the `fdatasync`s on tokio's blocking
     /// pool. Running sled's `flush` on tokio's blocking pool instead (so a paused clock would
-    /// wait for all of it) made the relay's RSS grow with the backlog: 229 MiB against 64 MiB
-    /// with 300,000 events buffered (`cargo bench --bench throughput -- --events 300000`).
+    /// wait for all of it) made the relay's RSS grow with the backlog (README, "Measured").
     /// Under a paused clock (the turmoil simulation) sled's part therefore takes simulated time.
     ///
     /// # Errors

@@ -1,10 +1,10 @@
-//! The event model (DESIGN §1): what producers send, what the outbox stores, what the upstream gets.
+//! The event model (docs/DESIGN.md §2): what producers send, what the outbox stores, what the upstream gets.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// Default cap on the encoded size of one event's `data`, in bytes (DESIGN §1: 64 KiB).
+/// Default cap on the encoded size of one event's `data`, in bytes (64 KiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest accepted `source`, in bytes.
 pub const MAX_SOURCE_LEN: usize = 256;

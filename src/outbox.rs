@@ -1,4 +1,4 @@
-//! The sled outbox (DESIGN §4): durable append with group commit, batches after a cursor, acks, bounds.
+//! The sled outbox (docs/DESIGN.md §4-§6): durable append with group commit, batches after a cursor, acks, bounds.
 //!
 //! Layout: one sled tree, keys prefixed by kind, because a sled `Batch` is atomic only within one
 //! tree and every commit must move events, ids and counters together:
@@ -13,7 +13,7 @@
 //! event is acknowledged. Writes go through the single [`writer::Writer`] task; reads
 //! (`batch_after`, `stats`) go to sled directly but never past the durable seq, so nothing
 //! un-fsynced ever leaves the gateway. A store of the first layout (one key per event) is
-//! migrated at open ([`recovery`]).
+//! migrated at open (`recovery`).
 
 pub mod chunk;
 mod recovery;
@@ -158,8 +158,8 @@ pub struct OutboxStats {
     /// Events deleted by `drop_oldest` since the store was created.
     pub dropped_events: u64,
     /// Highest seq ever sent upstream (0: none), recorded durably before it is sent: no ack or
-    /// cursor can delete past it (DESIGN §2 "never delete above the highest seq actually
-    /// sent"). Stores of layout 1 start with `next_seq - 1` (what they sent is unknown).
+    /// cursor can delete past it (docs/DESIGN.md §8). Stores of layout 1 start with
+    /// `next_seq - 1` (what they sent is unknown).
     pub sent_seq: u64,
 }
 

@@ -1,4 +1,4 @@
-//! The relay loop (DESIGN §2): connect → `edge_cursor` → batches in seq order → advance on `acked_seq`.
+//! The relay loop (docs/DESIGN.md §8): connect → `edge_cursor` → batches in seq order → advance on `acked_seq`.
 //!
 //! One reconnect loop owns every failure: any error drops the session, waits out a capped,
 //! jittered backoff and starts over with a new session and a fresh `edge_cursor`. That is also

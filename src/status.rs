@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::outbox::OutboxStats;
 
-/// Connection state of the uplink, as `GET /v1/status` names it (DESIGN §7).
+/// Connection state of the uplink, as `GET /v1/status` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamState {

@@ -1,6 +1,6 @@
 //! `edge-relay probe`: start a session with the configured upstream (current era preferred),
 //! report the era and protocol version, whether the server also serves the other era, check
-//! its tools against the contract (DESIGN §2) and read this gateway's cursor.
+//! its tools against the contract (docs/DESIGN.md §3) and read this gateway's cursor.
 
 use std::fmt::Write as _;
 

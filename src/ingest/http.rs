@@ -1,4 +1,4 @@
-//! Local HTTP ingest (DESIGN §5): `POST /v1/events`, `GET /v1/status`, `GET /metrics`, `GET /healthz`.
+//! Local HTTP ingest (docs/DESIGN.md §10): `POST /v1/events`, `GET /v1/status`, `GET /metrics`, `GET /healthz`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Local MQTT ingest (DESIGN §5): subscribes on the gateway's broker and commits every publish
+//! Local MQTT ingest (docs/DESIGN.md §10): subscribes on the gateway's broker and commits every publish
 //! as an event before its PUBACK goes out.
 //!
 //! Payload → event: `source` = the topic, `kind` = [`KIND`], `time` = commit time, `id` = the

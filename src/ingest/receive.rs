@@ -174,7 +174,7 @@ impl BodyBudget {
     }
 }
 
-/// Estimated bytes `body` takes once parsed: its text plus [`BYTES_PER_VALUE`] per value
+/// Estimated bytes `body` takes once parsed: its text plus `BYTES_PER_VALUE` per value
 /// (counted by separators and openers, strings included, so it errs high).
 pub fn parse_cost(body: &[u8]) -> usize {
     let values = body

@@ -10,13 +10,13 @@ use crate::sink::error::SinkError;
 use crate::sink::postgres::PgStore;
 use crate::sink::store::{SinkStats, SinkStore};
 
-/// One sink store behind the MCP tools (DESIGN §2, §8). Both give the same answers to the same
+/// One sink store behind the MCP tools (docs/DESIGN.md §11). Both give the same answers to the same
 /// calls (the contract tests run against both); cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub enum SinkBackend {
     /// The embedded sled store in a data dir: one node, no outside service (the default).
     Sled(Arc<SinkStore>),
-    /// A PostgreSQL database: any number of sink nodes on one database (DESIGN §8).
+    /// A PostgreSQL database: any number of sink nodes on one database.
     Postgres(Arc<PgStore>),
 }
 

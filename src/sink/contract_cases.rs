@@ -1,4 +1,4 @@
-//! The sink contract (DESIGN §2) as cases any [`SinkBackend`] must pass: run on sled by the
+//! The sink contract (docs/DESIGN.md §3) as cases any [`SinkBackend`] must pass: run on sled by the
 //! store's unit tests and on PostgreSQL by `tests/sink_postgres.rs` (which includes this file).
 
 use edge_relay::contract::{Ack, Gap, IngestArgs};

@@ -1,4 +1,4 @@
-//! The reference upstream (DESIGN §2): an MCP server with `edge_ingest`/`edge_cursor` over its own sled store or a shared PostgreSQL database.
+//! The reference upstream (docs/DESIGN.md §11): an MCP server with `edge_ingest`/`edge_cursor` over its own sled store or a shared PostgreSQL database.
 
 pub mod backend;
 pub mod era;

@@ -163,7 +163,7 @@ async fn serve_once(
         .await?;
     let online = json!({"jsonrpc": "2.0", "method": "notifications/server/online",
         "params": {"server_name": name,
-                   "description": "edge-relay reference upstream: edge_ingest and edge_cursor (DESIGN §2)",
+                   "description": "edge-relay reference upstream: edge_ingest and edge_cursor",
                    "meta": {}}});
     link.publish(&presence, online.to_string(), true).await?;
     log::info!(server_id = server_id.as_str(), server_name = name; "sink: serving MCP over MQTT on {}", opts.url);

@@ -1,4 +1,4 @@
-//! The sink's store on PostgreSQL: several sink nodes on one database serve any gateway (DESIGN §8).
+//! The sink's store on PostgreSQL: several sink nodes on one database serve any gateway (docs/DESIGN.md §11).
 
 mod ingest;
 pub mod migrate;
@@ -83,7 +83,7 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Stores a batch (DESIGN §2 `edge_ingest`) in one transaction and answers with the
+    /// Stores a batch (`edge_ingest`) in one transaction and answers with the
     /// stream's contiguous mark after `COMMIT`: the same answers as [`crate::sink::SinkStore::ingest`].
     ///
     /// Batches of one stream from any number of nodes are serialised by a row lock on the
@@ -92,7 +92,7 @@ impl PgStore {
     ///
     /// # Errors
     /// [`SinkError::InvalidBatch`] (nothing stored) for the batches the sled store refuses,
-    /// and also for a seq or gap end above [`ingest::MAX_SEQ`] or a `gateway`, `source`,
+    /// and also for a seq or gap end above `ingest::MAX_SEQ` or a `gateway`, `source`,
     /// `kind` or `time` holding a NUL character (PostgreSQL text cannot); [`SinkError::Database`]
     /// when the database fails (nothing of the batch is committed then).
     pub async fn ingest(&self, args: &IngestArgs) -> Result<Ack, SinkError> {
@@ -110,7 +110,7 @@ impl PgStore {
         Ok(outcome.ack)
     }
 
-    /// The stream's contiguous mark (DESIGN §2 `edge_cursor`) as last committed by any node;
+    /// The stream's contiguous mark (`edge_cursor`) as last committed by any node;
     /// `acked_seq: None` when the stream is unknown or nothing is contiguous yet.
     ///
     /// # Errors

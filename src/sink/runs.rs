@@ -3,9 +3,9 @@
 //! JSON lines inside) and split into pieces of at most `chunk::PIECE_MAX_BYTES`.
 //!
 //! Why runs and not one key per event: sled keeps bookkeeping in memory for every page it
-//! has, and pages hold at most ~21 entries, so a key per event made the sink's RSS grow by
-//! about 37 MiB per million events stored, and its files by ~400 B per event. A run of ~100
-//! Daphnet events is one or two compressed pieces (issue 9).
+//! has, and pages hold at most ~21 entries, so a key per event made the sink's RSS and its
+//! files grow with every event stored (README, "Measured"). A run of ~100 Daphnet events is
+//! one or two compressed pieces.
 //!
 //! Keys: `prefix (u64 BE) | first_seq (u64 BE) | piece (u16 BE)`, so one stream is one key
 //! range, walked in seq order, each run's pieces in order. Stored runs never overlap: a batch

@@ -53,7 +53,7 @@ const CURSOR_DESCRIPTION: &str = "Report how far a gateway stream is stored. Arg
 stored contiguously from seq 1 (gaps count as stored), null when nothing of this stream is \
 stored; send the next batch from acked_seq + 1. Call it after every (re)connect.";
 
-/// The MCP server handler: the two tools of DESIGN §2 over a shared [`SinkBackend`] (sled or PostgreSQL).
+/// The MCP server handler: the two tools of the contract (docs/DESIGN.md §3) over a shared [`SinkBackend`] (sled or PostgreSQL).
 ///
 /// Cheap to clone; rmcp makes one per legacy session and one per current-era request.
 #[derive(Clone)]

@@ -19,8 +19,8 @@ use crate::sink::keys::{
 use crate::sink::runs::{self, Span};
 use crate::sink::uncovered::uncovered;
 
-/// sled page cache cap, in bytes (DESIGN §4: cap it; RSS still runs 2-3x above it). An ingest
-/// touches only the tail of its stream; 4 MiB instead of 16 took ~15 MiB off the sink's RSS.
+/// sled page cache cap, in bytes (docs/DESIGN.md §13). Small on purpose: an ingest touches only
+/// the tail of its stream, and every MiB of cache is RSS (sled's runs above the cap anyway).
 pub const CACHE_CAPACITY_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest accepted `gateway`, in bytes.
 pub const MAX_GATEWAY_LEN: usize = 256;
@@ -38,7 +38,7 @@ pub struct SinkStats {
     pub duplicates_ignored: u64,
 }
 
-/// Durable per-stream event store of the reference upstream (DESIGN §2).
+/// Durable per-stream event store of the reference upstream (docs/DESIGN.md §11).
 ///
 /// Every [`Ack`] it returns describes state that was fsynced before the call returned.
 pub struct SinkStore {
@@ -98,7 +98,7 @@ impl SinkStore {
         })
     }
 
-    /// Stores a batch (DESIGN §2 `edge_ingest`) and answers with the stream's contiguous mark.
+    /// Stores a batch (`edge_ingest`) and answers with the stream's contiguous mark.
     ///
     /// Events with `seq` at or below the mark, or already stored, are ignored as duplicates.
     /// `gap` is recorded and its seqs count as stored. Everything of one call is one atomic
@@ -165,7 +165,7 @@ impl SinkStore {
         Ok(new.ack())
     }
 
-    /// The stream's contiguous mark (DESIGN §2 `edge_cursor`); `acked_seq: None` when the
+    /// The stream's contiguous mark (`edge_cursor`); `acked_seq: None` when the
     /// stream is unknown or nothing is contiguous from seq 1 yet.
     ///
     /// Async because it waits for an ingest of the same stream in flight and fsyncs, so it

@@ -1,4 +1,4 @@
-//! The contract check of an upstream's tools (DESIGN §2): what `probe` prints, and what `run`
+//! The contract check of an upstream's tools (docs/DESIGN.md §3): what `probe` prints, and what `run`
 //! reports when a tool call is refused.
 
 use rmcp::model::Tool;
@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{Session, SessionConfig, UplinkError};
 
-/// Arguments the ingest tool's input schema must declare (DESIGN §2).
+/// Arguments the ingest tool's input schema must declare.
 pub const INGEST_ARGS: [&str; 3] = ["gateway", "stream", "events"];
 /// Arguments the cursor tool's input schema must declare.
 pub const CURSOR_ARGS: [&str; 2] = ["gateway", "stream"];

@@ -391,7 +391,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> StreamableHttpClient for HyperH
 
     /// POSTs one message; 202/204 are `Accepted`, 404 with a session is `SessionExpired`
     /// (MCP 2025-11-25, Basic/Transports, Streamable HTTP, §Session Management); a 4xx with a
-    /// JSON-RPC error body is that answer ([`error_answer`], MCP 2026-07-28).
+    /// JSON-RPC error body is that answer (`error_answer`, MCP 2026-07-28).
     async fn post_message_with_max_sse_event_size(
         &self,
         uri: Arc<str>,

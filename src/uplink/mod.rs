@@ -1,4 +1,4 @@
-//! The MCP client session to the upstream (DESIGN §2–3): rmcp's client over a chosen transport,
+//! The MCP client session to the upstream (docs/DESIGN.md §9): rmcp's client over a chosen transport,
 //! in the current era (MCP 2026-07-28) when the server serves it, else the `initialize` era.
 //!
 //! - [`session`]: one session, its era, the `edge_cursor` / `edge_ingest` calls.

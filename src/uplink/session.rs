@@ -13,7 +13,7 @@ use super::error::{service_error, start_error};
 use super::{CLOSE_TIMEOUT, EraChoice, SessionConfig, UplinkError};
 use crate::contract::{Ack, CLIENT_NAME, CursorArgs, EVENTS_ZSTD, IngestArgs, IngestBatch};
 
-/// The relay's client parameters: `clientInfo.name = "edge-relay"` (DESIGN §2), no
+/// The relay's client parameters: `clientInfo.name = "edge-relay"`, no
 /// capabilities; `protocolVersion` is the newest `initialize` revision, for the legacy era.
 pub fn client_info() -> ClientConfig {
     ClientConfig::new(
@@ -165,7 +165,7 @@ impl Session {
     }
 
     /// `edge_ingest`: delivers a batch; the answer's `acked_seq` is the only thing that may
-    /// advance the cursor (DESIGN §2).
+    /// advance the cursor (docs/DESIGN.md §8).
     ///
     /// # Errors
     /// Any [`UplinkError`]; after an error the batch may or may not be stored upstream.

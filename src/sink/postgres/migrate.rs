@@ -14,7 +14,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.
 const LOCK_KEY: i64 = 0x6564_6765_7265_6c61; // "edgerela"
 
 /// Applies every migration of [`MIGRATIONS`] the database lacks, each in its own transaction
-/// under [`LOCK_KEY`]. Returns the schema version now in force.
+/// under `LOCK_KEY`. Returns the schema version now in force.
 ///
 /// # Errors
 /// [`SinkError::Database`] when a statement fails, or [`SinkError::Corrupt`] when the database

@@ -1,4 +1,4 @@
--- edge-relay sink schema, version 1 (README "Run a fleet"; DESIGN §8).
+-- edge-relay sink schema, version 1 (README "Run a fleet"; docs/DESIGN.md §11).
 -- One row per (gateway, stream): the contiguous mark, advanced under this row's lock.
 CREATE TABLE streams (
     gateway   text   NOT NULL,
