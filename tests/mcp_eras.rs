@@ -196,7 +196,7 @@ async fn a_4xx_json_rpc_error_body_is_the_answer_and_a_sessionless_404_is_not_ex
     );
     // A 404 without a JSON-RPC body and without a session stays an HTTP error: not
     // SessionExpired, not a made-up answer.
-    let other = format!("http://{}/other", sink.addr);
+    let other = format!("http://{}/other", sink.addr());
     let err = post_tools_list(&client, &other, "2026-07-28")
         .await
         .expect_err("404");
@@ -385,7 +385,7 @@ async fn a_refused_tool_call_reports_what_the_upstream_lacks() {
 async fn relay_requests(eras: Eras) -> Vec<String> {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start_eras(&tmp.path().join("sink"), eras).await;
-    let (proxy, sent) = recording_proxy(sink.addr).await;
+    let (proxy, sent) = recording_proxy(sink.addr()).await;
     let url = format!("http://{proxy}/mcp");
     let relay = start_relay(relay_config(&tmp.path().join("relay"), &url)).await;
     let (code, _) = post(relay.ingest_addr, event("a", 1).to_string()).await;

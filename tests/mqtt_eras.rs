@@ -30,7 +30,7 @@ async fn relay_over_mqtt(eras: Eras) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     let store = std::sync::Arc::new(SinkStore::open(&tmp.path().join("sink")).unwrap());
-    let sink = MqttSink::serve_eras(store, &broker.url(), eras);
+    let sink = MqttSink::serve_eras(store, &broker.url(), eras).await;
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
     let batch: Vec<Value> = (0..300).map(|i| event("imu", i)).collect();
     let (code, answer) = post(relay.ingest_addr, Value::Array(batch).to_string()).await;
@@ -39,7 +39,7 @@ async fn relay_over_mqtt(eras: Eras) -> String {
     let stream = relay.outbox.stats().stream;
     let result = audit(
         &accepted(&answer),
-        &sink.store.events("test-gw", stream).unwrap(),
+        &sink.store().events("test-gw", stream).unwrap(),
     );
     assert!(result.is_clean(), "{result}");
     let version = report(&relay).protocol_version.expect("negotiated");
@@ -108,7 +108,7 @@ async fn every_probe_and_a_graceful_stop_say_goodbye_over_mqtt() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     let log = tmp.path().join("broker/mosquitto.log");
-    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
     let presence = topics::client_presence("+");
     let mut bystander = support::mosquitto::bystander(&broker.url(), &[&presence]).await;
     let keys = format!(

@@ -57,7 +57,7 @@ async fn stalling_proxy(upstream: SocketAddr, needle: &'static [u8]) -> (SocketA
 async fn stop_abandons_an_unanswered_batch_after_the_grace_and_a_restart_delivers_it() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink")).await;
-    let (proxy, stalled) = stalling_proxy(sink.addr, b"edge_ingest").await;
+    let (proxy, stalled) = stalling_proxy(sink.addr(), b"edge_ingest").await;
     let mut config = relay_config(&tmp.path().join("relay"), &format!("http://{proxy}/mcp"));
     config.relay.request_timeout_ms = 120_000;
     let relay = start_relay(config).await;

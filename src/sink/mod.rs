@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod era;
 mod error;
+pub mod handle;
 mod keys;
 mod legacy;
 pub mod mqtt;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backend::SinkBackend;
 pub use era::Eras;
+pub use handle::{SinkHandle, SinkSpec, StoppedSink};
 pub use postgres::PgStore;
 pub use server::{HttpOptions, SinkService, serve_http, serve_http_options, serve_http_with};
 pub use store::{SinkError, SinkStore};

@@ -123,7 +123,7 @@ async fn relay_run(rng: &mut StdRng, dir: &Path, cycles: u64, mqtt: bool) -> Run
                 b.url()
             );
             (
-                Upstream::Mqtt(MqttSink::open(&dir.join("sink"), &b.url())),
+                Upstream::Mqtt(MqttSink::open(&dir.join("sink"), &b.url()).await),
                 keys,
             )
         }
@@ -317,11 +317,11 @@ async fn crash_mosquitto() {
 async fn mosquitto_run(rng: &mut StdRng, dir: &Path, cycles: u64) -> RunEnd {
     let mut broker =
         Mosquitto::start(&dir.join("broker"), false).unwrap_or_else(|e| panic!("{e:#}"));
-    let sink = MqttSink::open(&dir.join("sink"), &broker.url());
+    let sink = MqttSink::open(&dir.join("sink"), &broker.url()).await;
     let relay = start_relay(relay_config_mqtt(&dir.join("relay"), &broker.url())).await;
     let sampler = CursorSampler::start(
         outbox_cursor(relay.outbox.clone()),
-        store_mark(sink.store.clone()),
+        store_mark(sink.store().clone()),
     );
     let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
     for _ in 0..cycles {
