@@ -62,7 +62,14 @@ async fn start_upstream(dir: &Path, broker: Option<String>) -> anyhow::Result<Si
         password: None,
         reconnect_max: crate::sink::mqtt::BACKOFF.1,
     });
-    SinkHandle::start(dir, SinkSpec { mqtt, ..SinkSpec::http() }).await
+    SinkHandle::start(
+        dir,
+        SinkSpec {
+            mqtt,
+            ..SinkSpec::http()
+        },
+    )
+    .await
 }
 
 async fn start_relay(

@@ -1,7 +1,7 @@
 //! Local HTTP ingest: bad input is refused with a 4xx that names the problem and stores nothing;
 //! overflow policies `reject` (507) and `drop_oldest` (gap reported upstream).
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::audit::audit;
 use edge_relay::config::Overflow;

@@ -2,7 +2,7 @@
 //! whose tool lists them, plain `events` to one whose tool does not, and the reference
 //! upstream's refusals of a bad `events_zstd` (nothing stored).
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

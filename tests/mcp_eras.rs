@@ -3,7 +3,7 @@
 //! own client against the upstream in each era; 4xx JSON-RPC error bodies; `probe` (the real
 //! binary) in each mode; and the contract diagnosis after a refused tool call.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
-use support::process::{BINARY, write_config};
+use support::process::{binary, write_config};
 use support::recording::{recording_proxy, requests};
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -217,7 +217,7 @@ async fn probe(eras: Eras) -> (bool, String) {
         &format!("url = \"{}\"", sink.url()),
     );
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(BINARY)
+        Command::new(binary())
             .args(["probe", "--config"])
             .arg(&config)
             .output()

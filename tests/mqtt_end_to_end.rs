@@ -2,7 +2,7 @@
 //! MQTT through the upstream's Mosquitto → reference upstream. Every PUBACKed message arrives
 //! exactly once, in order, also when the relay binary is `kill -9`ed mid-stream.
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::config::MqttIngestConfig;
 use edge_relay::event::Event;

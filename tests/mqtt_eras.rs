@@ -3,7 +3,7 @@
 //! (`notifications/disconnected`, then DISCONNECT) seen by a bystander on every one of 50
 //! `probe` runs of the real binary and on a graceful stop of the relay.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,7 +17,7 @@ use edge_relay::mqtt::topics;
 use edge_relay::sink::{Eras, SinkStore};
 use serde_json::Value;
 use support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
-use support::process::{BINARY, free_port, poll_until, write_config};
+use support::process::{binary, free_port, poll_until, write_config};
 use support::*;
 
 /// `probe` runs of the goodbye loop (the count), and how many run at once.
@@ -123,7 +123,7 @@ async fn every_probe_and_a_graceful_stop_say_goodbye_over_mqtt() {
             .map(|_| {
                 let config = config.clone();
                 tokio::task::spawn_blocking(move || {
-                    Command::new(BINARY)
+                    Command::new(binary())
                         .args(["probe", "--config"])
                         .arg(config)
                         .output()

@@ -2,7 +2,7 @@
 //! cd3a13a): a bystander client subscribed to each `$mcp-...` filter checks the topics, the
 //! retained presence, the user properties, `notifications/disconnected` and the last will.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::time::Duration;
 

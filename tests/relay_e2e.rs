@@ -1,6 +1,6 @@
 //! End to end over MCP Streamable HTTP: real sled outbox, real HTTP ingest, real reference upstream.
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::audit::audit;
 use edge_relay::sink::Eras;

@@ -2,7 +2,7 @@
 //! after `SHUTDOWN_GRACE` (well before a long `request_timeout_ms`), so the stop fits the
 //! unit's `TimeoutStopSec`, and the batch is delivered after a restart.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The MCP over MQTT uplink against a real Mosquitto: exactly once and in order through broker
 //! restarts, upstream restarts, lost answers and server failover.
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::audit::audit;
 use edge_relay::mosquitto::Mosquitto;

@@ -48,7 +48,12 @@ impl IngestAnswer {
                 self.ids.len()
             ));
         }
-        Ok(self.seqs.iter().copied().zip(self.ids.iter().copied()).collect())
+        Ok(self
+            .seqs
+            .iter()
+            .copied()
+            .zip(self.ids.iter().copied())
+            .collect())
     }
 }
 

@@ -1,7 +1,11 @@
-//! Shared test harness: the real reference upstream, the real relay, and an HTTP producer.
-#![allow(dead_code)]
+//! Shared test harness (package `edge-relay-testkit`, a dev-dependency): the real reference
+//! upstream, the real relay, and an HTTP producer; each test crate imports it as `support`.
 
 pub mod certs;
+/// The sink store contract cases (also run on sled by the library's unit tests), here for the
+/// PostgreSQL store's test crate.
+#[path = "../../src/sink/contract_cases.rs"]
+pub mod contract_cases;
 pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
