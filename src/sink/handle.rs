@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::mqtt::{MqttServe, serve_mqtt_tls};
 use super::server::{HttpOptions, MCP_PATH, serve_http_options};
-use super::{Eras, SinkStore};
+use super::{Eras, SinkBackend, SinkStore};
 use crate::tls::ClientTls;
 use crate::tls::server::{ServerTls, TlsListener};
 
@@ -95,6 +95,51 @@ impl StoppedSink {
     }
 }
 
+/// Serves `store` until `stop` as `spec` says, each face in its own task: HTTP(S) on
+/// `spec.listen` (bound before this returns, and written back into `spec.listen`, so a port 0
+/// becomes the port taken) and MCP over MQTT through `spec.mqtt`. `edge-relay sink` and
+/// [`SinkHandle`] both start a sink this way.
+///
+/// # Errors
+/// The address cannot be bound or a TLS file is unusable (nothing is left running then).
+pub(super) async fn spawn_faces(
+    spec: &mut SinkSpec,
+    store: SinkBackend,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
+    let mut tasks = Vec::new();
+    if let Some(listen) = spec.listen {
+        let tls = spec.tls.as_ref().map(ServerTls::load).transpose()?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the sink on {listen}"))?;
+        spec.listen = Some(listener.local_addr()?);
+        let options = HttpOptions {
+            eras: spec.eras,
+            ..HttpOptions::default()
+        };
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.push(match tls {
+            Some(config) => {
+                let listener = TlsListener::new(listener, config);
+                tokio::spawn(serve_http_options(listener, store, stop, options))
+            }
+            None => tokio::spawn(serve_http_options(listener, store, stop, options)),
+        });
+    }
+    if let Some(opts) = &spec.mqtt {
+        let serve = serve_mqtt_tls(
+            opts.clone(),
+            spec.mqtt_tls.clone(),
+            spec.eras,
+            store,
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(serve));
+    }
+    Ok(tasks)
+}
+
 /// The reference upstream serving one sled [`SinkStore`] over HTTP(S) and/or MCP over MQTT
 /// until [`SinkHandle::stop`].
 pub struct SinkHandle {
@@ -135,35 +180,7 @@ impl SinkHandle {
             StoreSource::Shared(store) => store.clone(),
         };
         let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
-        if let Some(listen) = spec.listen {
-            let listener = TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding the sink on {listen}"))?;
-            spec.listen = Some(listener.local_addr()?);
-            let options = HttpOptions {
-                eras: spec.eras,
-                ..HttpOptions::default()
-            };
-            let (store, stop) = (store.clone(), stop.clone());
-            tasks.push(match &spec.tls {
-                Some(files) => {
-                    let listener = TlsListener::new(listener, files.load()?);
-                    tokio::spawn(serve_http_options(listener, store, stop, options))
-                }
-                None => tokio::spawn(serve_http_options(listener, store, stop, options)),
-            });
-        }
-        if let Some(opts) = &spec.mqtt {
-            let serve = serve_mqtt_tls(
-                opts.clone(),
-                spec.mqtt_tls.clone(),
-                spec.eras,
-                store.clone(),
-                stop.clone(),
-            );
-            tasks.push(tokio::spawn(serve));
-        }
+        let tasks = spawn_faces(&mut spec, store.clone().into(), &stop).await?;
         Ok(Self {
             spec,
             source,
