@@ -5,7 +5,6 @@ use edge_relay_testkit as support;
 
 mod crash_families;
 mod fleet_families;
-#[path = "../support/lazyfs/mod.rs"]
 mod lazyfs;
 mod netns;
 mod powercut;
