@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use edge_relay::cli::local_client;
+use edge_relay::contract::IngestAnswer;
 use edge_relay::demo::audit::audit;
 use edge_relay::demo::daphnet;
 use edge_relay::demo::mosquitto::{MAX_QUEUED_MESSAGES, Mosquitto};
-use edge_relay::sink::SinkStore;
-use edge_relay::sink::mqtt::{MqttServe, serve_mqtt};
+use edge_relay::sink::mqtt::MqttServe;
+use edge_relay::sink::{SinkHandle, SinkSpec, SinkStore};
 use hyper::Method;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
@@ -362,32 +363,23 @@ impl RelayChild {
     }
 }
 
-/// The reference upstream served over MQTT from `store`, until stopped.
-struct SinkTask {
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The reference upstream served over MQTT only from `store`, until stopped.
+async fn serve_sink(store: &Arc<SinkStore>, broker_url: &str) -> anyhow::Result<SinkHandle> {
+    let spec = SinkSpec::mqtt(MqttServe {
+        url: broker_url.to_owned(),
+        server_name: SERVER_NAME.into(),
+        password: None,
+        reconnect_max: edge_relay::sink::mqtt::BACKOFF.1,
+    });
+    SinkHandle::share(store.clone(), spec).await
 }
 
-impl SinkTask {
-    fn serve(store: &Arc<SinkStore>, broker_url: &str) -> Self {
-        let stop = CancellationToken::new();
-        let opts = MqttServe {
-            url: broker_url.to_owned(),
-            server_name: SERVER_NAME.into(),
-            password: None,
-            reconnect_max: edge_relay::sink::mqtt::BACKOFF.1,
-        };
-        let task = tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone()));
-        Self { stop, task }
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        tokio::time::timeout(MQTT_TIMEOUT, self.task)
-            .await
-            .context("sink did not stop")???;
-        Ok(())
-    }
+/// Stops a [`serve_sink`] sink within [`MQTT_TIMEOUT`].
+async fn stop_sink(sink: SinkHandle) -> anyhow::Result<()> {
+    tokio::time::timeout(MQTT_TIMEOUT, sink.stop())
+        .await
+        .context("sink did not stop")??;
+    Ok(())
 }
 
 /// What an HTTP producer got: `(seq, id)` per accepted event in answer order, and retries.
@@ -415,8 +407,8 @@ async fn produce_http(
             );
             match local_client::request(addr, Method::POST, "/v1/events", body.to_vec()).await {
                 Ok((200, text)) => {
-                    let answer: Value = serde_json::from_str(&text)?;
-                    let pairs = parse_accepted(&answer).context("200 answer without seqs/ids")?;
+                    let answer: IngestAnswer = serde_json::from_str(&text)?;
+                    let pairs = answer.pairs().map_err(anyhow::Error::msg)?;
                     accepted_count.fetch_add(pairs.len(), Ordering::Relaxed);
                     accepted.extend(pairs);
                     break;
@@ -442,15 +434,6 @@ impl HttpProduced {
         let ids: HashSet<Uuid> = self.accepted.iter().map(|(_, id)| *id).collect();
         ids.len()
     }
-}
-
-fn parse_accepted(answer: &Value) -> Option<Vec<(u64, Uuid)>> {
-    let seqs = answer["seqs"].as_array()?;
-    let ids = answer["ids"].as_array()?;
-    seqs.iter()
-        .zip(ids)
-        .map(|(s, i)| Some((s.as_u64()?, Uuid::parse_str(i.as_str()?).ok()?)))
-        .collect()
 }
 
 /// When the sink stored its first event and when its cursor covered `last_seq`.
@@ -500,7 +483,7 @@ async fn run_relay(
     let n = work.events.len();
     let mut broker = Mosquitto::start(&dir.join("upstream-broker"), false)?;
     let store = Arc::new(SinkStore::open(&dir.join("sink"))?);
-    let sink = SinkTask::serve(&store, &broker.url());
+    let sink = serve_sink(&store, &broker.url()).await?;
     let mut relay = RelayChild::start(&dir.join("relay"), &broker.url()).await?;
     relay.wait_connected().await?;
     progress(&format!(
@@ -510,7 +493,7 @@ async fn run_relay(
 
     // Outage: the whole upstream side goes dark.
     blocking(|| broker.stop());
-    sink.stop().await?;
+    stop_sink(sink).await?;
     let count = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn(produce_http(relay.addr, bodies.clone(), count.clone()));
     let mut notes = Vec::new();
@@ -542,7 +525,7 @@ async fn run_relay(
     // The outage ends.
     let t0 = Instant::now();
     blocking(|| broker.restart())?;
-    let sink = SinkTask::serve(&store, &broker.url());
+    let sink = serve_sink(&store, &broker.url()).await?;
     let drain = wait_store(&store, stream, distinct, last_seq, t0).await?;
     progress("A: drained");
     let stored = store.events(GATEWAY, stream)?;
@@ -571,7 +554,7 @@ async fn run_relay(
     if let Some(s) = relay.status().await {
         notes.push(format!("relay reconnects: {}", s["reconnects"]));
     }
-    sink.stop().await?;
+    stop_sink(sink).await?;
     drop(relay);
     Ok(Row {
         scenario: if kill { "outage + kill -9" } else { "outage" },
@@ -603,12 +586,12 @@ async fn run_drain_only(
     let stream: Uuid = serde_json::from_value(status["stream"].clone()).context("status.stream")?;
     let last_seq = produced.accepted.iter().map(|(s, _)| *s).max().unwrap_or(0);
     let t0 = Instant::now();
-    let sink = SinkTask::serve(&store, &broker.url());
+    let sink = serve_sink(&store, &broker.url()).await?;
     let drain = wait_store(&store, stream, n, last_seq, t0).await?;
     progress("drain only: drained");
     let result = audit(&produced.accepted, &store.events(GATEWAY, stream)?);
     anyhow::ensure!(result.is_clean(), "drain-only run not clean: {result}");
-    sink.stop().await?;
+    stop_sink(sink).await?;
     drop(relay);
     let done = drain.done.context("drain-only run did not finish")?;
     Ok((done, drain.first))

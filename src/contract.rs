@@ -1,5 +1,7 @@
-//! The upstream tool contract (docs/DESIGN.md §3): arguments and results of `edge_ingest` and `edge_cursor`.
+//! The upstream tool contract (docs/DESIGN.md §3): arguments and results of `edge_ingest` and
+//! `edge_cursor`; and the relay's answer to producers ([`IngestAnswer`]).
 
+pub mod answer;
 pub mod packed;
 
 use schemars::JsonSchema;
@@ -8,6 +10,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::Event;
+pub use answer::IngestAnswer;
 pub use packed::EVENTS_ZSTD;
 
 /// Default name of the ingest tool.

@@ -6,24 +6,21 @@ pub mod daphnet;
 pub mod mosquitto;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hyper::Method;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cli::local_client;
 use crate::config::{Config, Transport};
+use crate::contract::IngestAnswer;
 use crate::daemon::Daemon;
-use crate::sink::mqtt::{MqttServe, serve_mqtt};
-use crate::sink::{SinkStore, serve_http};
+use crate::sink::mqtt::MqttServe;
+use crate::sink::{SinkHandle, SinkSpec, StoppedSink};
 use audit::audit;
 use mosquitto::Mosquitto;
 
@@ -59,66 +56,29 @@ pub struct DemoOptions {
     pub transport: Transport,
 }
 
-/// What restarts a stopped upstream: its address, data dir and broker URL (MQTT).
-type Stopped = (SocketAddr, PathBuf, Option<String>);
-
-/// The reference upstream, restartable on the same store and port.
-struct Upstream {
-    addr: SocketAddr,
-    dir: PathBuf,
-    broker: Option<String>,
-    store: Arc<SinkStore>,
-    stop: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Upstream {
-    /// Serves HTTP on `addr` and, with a `broker` URL, MCP over MQTT too, on one store.
-    async fn start(addr: SocketAddr, dir: &Path, broker: Option<String>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the upstream on {addr}"))?;
-        let addr = listener.local_addr()?;
-        let store = Arc::new(SinkStore::open(dir)?);
-        let stop = CancellationToken::new();
-        let mut tasks = vec![tokio::spawn(serve_http(
-            listener,
-            store.clone(),
-            stop.clone(),
-        ))];
-        if let Some(url) = &broker {
-            let opts = MqttServe {
-                url: url.clone(),
-                server_name: SERVER_NAME.into(),
-                password: None,
-                reconnect_max: crate::sink::mqtt::BACKOFF.1,
-            };
-            tasks.push(tokio::spawn(serve_mqtt(opts, store.clone(), stop.clone())));
-        }
-        Ok(Self {
-            addr,
-            dir: dir.to_owned(),
-            broker,
-            store,
-            stop,
-            tasks,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<Stopped> {
-        self.stop.cancel();
-        for task in self.tasks {
-            task.await??;
-        }
-        drop(self.store);
-        Ok((self.addr, self.dir, self.broker))
-    }
+/// The demo's upstream: HTTP on `127.0.0.1:0` and, with a `broker` URL, MCP over MQTT too,
+/// on the store in `dir`.
+async fn start_upstream(dir: &Path, broker: Option<String>) -> anyhow::Result<SinkHandle> {
+    let mqtt = broker.map(|url| MqttServe {
+        url,
+        server_name: SERVER_NAME.into(),
+        password: None,
+        reconnect_max: crate::sink::mqtt::BACKOFF.1,
+    });
+    SinkHandle::start(
+        dir,
+        SinkSpec {
+            mqtt,
+            ..SinkSpec::http()
+        },
+    )
+    .await
 }
 
 async fn start_relay(
     dir: &Path,
     ingest: SocketAddr,
-    upstream: &Upstream,
+    upstream: &SinkHandle,
 ) -> anyhow::Result<Daemon> {
     let mut config = Config {
         gateway_id: GATEWAY.into(),
@@ -126,13 +86,13 @@ async fn start_relay(
         ..Config::default()
     };
     config.ingest.http.listen = ingest;
-    match &upstream.broker {
-        Some(url) => {
+    match &upstream.spec().mqtt {
+        Some(mqtt) => {
             config.upstream.transport = Transport::Mqtt;
-            config.upstream.url = url.clone();
+            config.upstream.url = mqtt.url.clone();
             config.upstream.server_name = SERVER_NAME.into();
         }
-        None => config.upstream.url = format!("http://{}/mcp", upstream.addr),
+        None => config.upstream.url = upstream.url(),
     }
     config.relay.backoff_max_ms = 1_000;
     config.relay.request_timeout_ms = 3_000;
@@ -155,17 +115,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         Transport::Mqtt => Some(Mosquitto::start(&tmp.path().join("mosquitto"), false)?),
         Transport::Http => None,
     };
-    let first = Upstream::start(
-        "127.0.0.1:0".parse()?,
-        &sink_dir,
-        broker.as_ref().map(Mosquitto::url),
-    )
-    .await?;
+    let first = start_upstream(&sink_dir, broker.as_ref().map(Mosquitto::url)).await?;
     let mut relay = start_relay(&relay_dir, "127.0.0.1:0".parse()?, &first).await?;
     let ingest = relay.ingest_addr;
     let via = match &broker {
         Some(b) => format!("MCP over MQTT via Mosquitto at {}", b.url()),
-        None => format!("MCP Streamable HTTP at http://{}/mcp", first.addr),
+        None => format!("MCP Streamable HTTP at {}", first.url()),
     };
     let mut upstream = Some(first);
     println!(
@@ -189,7 +144,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
     let mut accepted: Vec<(u64, Uuid)> = Vec::with_capacity(total);
     let mut next = 0usize;
     let mut outages_done = 0u32;
-    let mut down_since: Option<(Instant, Stopped)> = None;
+    let mut down_since: Option<(Instant, StoppedSink)> = None;
     let mut restarted = false;
     let mut last_progress = Instant::now();
     while next < samples.len() {
@@ -209,15 +164,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
             );
             down_since = Some((Instant::now(), stopped));
         }
-        if let Some((since, (addr, dir, broker))) = down_since.take() {
+        if let Some((since, stopped)) = down_since.take() {
             if since.elapsed() >= outage_len {
-                upstream = Some(Upstream::start(addr, &dir, broker).await?);
+                upstream = Some(stopped.start().await?);
                 println!(
                     "demo: t={:.1}s upstream UP again on the same store",
                     started.elapsed().as_secs_f64()
                 );
             } else {
-                down_since = Some((since, (addr, dir, broker)));
+                down_since = Some((since, stopped));
             }
         }
         if !restarted && down_since.is_none() && now >= restart_at {
@@ -252,8 +207,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(TICK).await;
     }
-    if let Some((_, (addr, dir, broker))) = down_since.take() {
-        upstream = Some(Upstream::start(addr, &dir, broker).await?);
+    if let Some((_, stopped)) = down_since.take() {
+        upstream = Some(stopped.start().await?);
     }
     println!(
         "demo: t={:.1}s replay done; draining the backlog",
@@ -268,7 +223,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<ExitCode> {
     let stream = relay.outbox.stats().stream;
     relay.stop().await;
     let upstream = upstream.context("upstream not running at the end")?;
-    let stored = upstream.store.events(GATEWAY, stream)?;
+    let stored = upstream.store().events(GATEWAY, stream)?;
     upstream.stop().await?;
     let result = audit(&accepted, &stored);
     if opts.keep {
@@ -306,14 +261,8 @@ async fn post_until_accepted(
         attempts += 1;
         match local_client::request(ingest, Method::POST, "/v1/events", bytes.clone()).await {
             Ok((200, answer)) => {
-                let v: Value = serde_json::from_str(&answer)?;
-                let seqs = v["seqs"].as_array().context("no seqs in the answer")?;
-                let ids = v["ids"].as_array().context("no ids in the answer")?;
-                for (seq, id) in seqs.iter().zip(ids) {
-                    let seq = seq.as_u64().context("bad seq")?;
-                    let id = Uuid::parse_str(id.as_str().unwrap_or_default())?;
-                    accepted.push((seq, id));
-                }
+                let answer: IngestAnswer = serde_json::from_str(&answer)?;
+                accepted.extend(answer.pairs().map_err(anyhow::Error::msg)?);
                 return Ok(());
             }
             Ok((code, answer)) if code < 500 => {

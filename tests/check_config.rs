@@ -1,18 +1,18 @@
 //! `edge-relay check-config` (the real binary) reports everything `run` would refuse or crash
 //! on, one line per problem, and a TOML error on one line.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::process::Command;
 
-use support::process::BINARY;
+use support::process::binary;
 
 /// Runs `check-config` on `text`; returns its exit success and stderr lines.
 fn check(text: &str) -> (bool, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge-relay.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BINARY)
+    let out = Command::new(binary())
         .arg("check-config")
         .arg(&path)
         .output()

@@ -8,7 +8,7 @@
 //!   reopens the store by itself once space is back (no restart), and everything accepted
 //!   arrives exactly once.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! optional bearer token of `ingest.http.token_file`, and a warning at start when the ingest
 //! listens beyond loopback without one.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -113,7 +113,7 @@ async fn startup_log(listen: &str) -> String {
     let dead = free_port();
     let upstream = format!("url = \"http://{dead}/mcp\"");
     let config = write_config(tmp.path(), "gw", listen.parse().unwrap(), &upstream);
-    let mut cmd = child_command(BINARY, "info");
+    let mut cmd = child_command(binary(), "info");
     cmd.args(["run", "--config"])
         .arg(&config)
         .stderr(Stdio::piped());

@@ -1,7 +1,7 @@
 //! Local HTTP ingest: bad input is refused with a 4xx that names the problem and stores nothing;
 //! overflow policies `reject` (507) and `drop_oldest` (gap reported upstream).
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::cli::local_client;
 use edge_relay::config::Overflow;
@@ -231,7 +231,7 @@ async fn drop_oldest_counts_the_drop_and_the_upstream_records_the_gap() {
     assert!(dropped >= 10);
     let sink = Sink::start_on(upstream, &tmp.path().join("sink")).await;
     drained(&relay).await;
-    let gaps = sink.store.gaps("test-gw", stats.stream).unwrap();
+    let gaps = sink.store().gaps("test-gw", stats.stream).unwrap();
     assert_eq!(
         gaps,
         vec![Gap {
@@ -248,7 +248,7 @@ async fn drop_oldest_counts_the_drop_and_the_upstream_records_the_gap() {
         "{result}"
     );
     assert!(result.order_ok);
-    let cursor = sink.store.cursor("test-gw", stats.stream).await.unwrap();
+    let cursor = sink.store().cursor("test-gw", stats.stream).await.unwrap();
     assert_eq!(cursor.acked_seq, Some(stats.next_seq - 1));
     relay.stop().await;
 }

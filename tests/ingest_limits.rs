@@ -2,7 +2,7 @@
 //! `Content-Length` is refused at once, open connections are capped (and the unit's
 //! `LimitNOFILE` covers the cap).
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

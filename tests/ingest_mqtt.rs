@@ -1,6 +1,6 @@
 //! Local MQTT ingest against a real Mosquitto, the real relay and the reference upstream.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

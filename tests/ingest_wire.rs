@@ -2,7 +2,7 @@
 //! whose tool lists them, plain `events` to one whose tool does not, and the reference
 //! upstream's refusals of a bad `events_zstd` (nothing stored).
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -72,7 +72,7 @@ async fn deliver_through_proxy(
 async fn batches_go_compressed_to_the_reference_upstream_and_arrive_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink")).await;
-    let packed = deliver_through_proxy(sink.addr, true, |s| sink.events("test-gw", s)).await;
+    let packed = deliver_through_proxy(sink.addr(), true, |s| sink.events("test-gw", s)).await;
     assert!(
         packed
             .iter()
@@ -80,7 +80,7 @@ async fn batches_go_compressed_to_the_reference_upstream_and_arrive_exactly_once
         "{packed:?}"
     );
     let sink = sink.restart().await;
-    let plain = deliver_through_proxy(sink.addr, false, |s| sink.events("test-gw", s)).await;
+    let plain = deliver_through_proxy(sink.addr(), false, |s| sink.events("test-gw", s)).await;
     assert!(
         plain.iter().all(|r| !r.contains("events_zstd")),
         "{plain:?}"
@@ -302,7 +302,8 @@ async fn a_bad_events_zstd_is_refused_and_nothing_is_stored() {
     assert!(sink.events("gw", stream).is_empty());
     // The control: the same path with a good value stores the events.
     let good = call_ingest(&sink.url(), args(json!([]), &pack(ndjson(3).as_bytes()))).await;
-    assert_eq!(good.structured_content.unwrap()["acked_seq"], 3);
+    let ack = edge_relay::uplink::parse_ack("edge_ingest", good).unwrap();
+    assert_eq!(ack.acked_seq, Some(3));
     assert_eq!(sink.events("gw", stream).len(), 3);
     sink.stop().await;
 }

@@ -9,7 +9,7 @@
 //! `ESCAPED_` prefix before a leading `_` or digit. The test holds every key to `[a-z][a-z0-9_]*`,
 //! for which that rule is exactly `to_ascii_uppercase`.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

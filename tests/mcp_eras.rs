@@ -3,7 +3,7 @@
 //! own client against the upstream in each era; 4xx JSON-RPC error bodies; `probe` (the real
 //! binary) in each mode; and the contract diagnosis after a refused tool call.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
-use support::process::{BINARY, write_config};
+use support::process::{binary, write_config};
 use support::recording::{recording_proxy, requests};
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -196,7 +196,7 @@ async fn a_4xx_json_rpc_error_body_is_the_answer_and_a_sessionless_404_is_not_ex
     );
     // A 404 without a JSON-RPC body and without a session stays an HTTP error: not
     // SessionExpired, not a made-up answer.
-    let other = format!("http://{}/other", sink.addr);
+    let other = format!("http://{}/other", sink.addr());
     let err = post_tools_list(&client, &other, "2026-07-28")
         .await
         .expect_err("404");
@@ -217,7 +217,7 @@ async fn probe(eras: Eras) -> (bool, String) {
         &format!("url = \"{}\"", sink.url()),
     );
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(BINARY)
+        Command::new(binary())
             .args(["probe", "--config"])
             .arg(&config)
             .output()
@@ -385,7 +385,7 @@ async fn a_refused_tool_call_reports_what_the_upstream_lacks() {
 async fn relay_requests(eras: Eras) -> Vec<String> {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start_eras(&tmp.path().join("sink"), eras).await;
-    let (proxy, sent) = recording_proxy(sink.addr).await;
+    let (proxy, sent) = recording_proxy(sink.addr()).await;
     let url = format!("http://{proxy}/mcp");
     let relay = start_relay(relay_config(&tmp.path().join("relay"), &url)).await;
     let (code, _) = post(relay.ingest_addr, event("a", 1).to_string()).await;

@@ -2,7 +2,7 @@
 //! MQTT through the upstream's Mosquitto → reference upstream. Every PUBACKed message arrives
 //! exactly once, in order, also when the relay binary is `kill -9`ed mid-stream.
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::config::MqttIngestConfig;
 use edge_relay::event::Event;
@@ -54,7 +54,7 @@ async fn ten_thousand_mqtt_messages_reach_the_upstream_over_mcp_over_mqtt_exactl
     let tmp = tempfile::tempdir().unwrap();
     let local = Mosquitto::start(false).await;
     let upstream = Mosquitto::start(false).await;
-    let sink = MqttSink::open(&tmp.path().join("sink"), &upstream.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &upstream.url()).await;
     let mut config = relay_config_mqtt(&tmp.path().join("relay"), &upstream.url());
     config.ingest.mqtt = Some(MqttIngestConfig {
         url: local.url(),
@@ -68,7 +68,7 @@ async fn ten_thousand_mqtt_messages_reach_the_upstream_over_mcp_over_mqtt_exactl
     assert_eq!(publish_qos1(&local.url(), "producer", msgs).await, 10_000);
     let stream = relay.outbox.stats().stream;
     let of_topic = || {
-        let stored = sink.store.events("test-gw", stream).unwrap();
+        let stored = sink.store().events("test-gw", stream).unwrap();
         (stored.iter().filter(|e| e.source == TOPIC).count(), stored)
     };
     let mut changes = relay.outbox.watch();
@@ -95,7 +95,7 @@ async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let local = Mosquitto::start(false).await;
     let upstream = Mosquitto::start(false).await;
-    let sink = MqttSink::open(&tmp.path().join("sink"), &upstream.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &upstream.url()).await;
     let config = tmp.path().join("edge-relay.toml");
     std::fs::write(
         &config,
@@ -113,11 +113,11 @@ async fn relay_kill_9_mid_stream_every_pubacked_message_arrives_exactly_once() {
     // The upstream's events of the relay's stream (none before its first session), and how
     // many of them the producer published.
     let stored = || {
-        let streams = sink.store.streams().unwrap();
+        let streams = sink.store().streams().unwrap();
         streams
             .iter()
             .find(|(g, _)| g == "kill-gw")
-            .map(|(g, s)| sink.store.events(g, *s).unwrap())
+            .map(|(g, s)| sink.store().events(g, *s).unwrap())
             .unwrap_or_default()
     };
     let published = |stored: &[Event]| stored.iter().filter(|e| e.source == TOPIC).count();

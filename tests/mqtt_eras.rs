@@ -3,7 +3,7 @@
 //! (`notifications/disconnected`, then DISCONNECT) seen by a bystander on every one of 50
 //! `probe` runs of the real binary and on a graceful stop of the relay.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,7 +17,7 @@ use edge_relay::mqtt::topics;
 use edge_relay::sink::{Eras, SinkStore};
 use serde_json::Value;
 use support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
-use support::process::{BINARY, free_port, poll_until, write_config};
+use support::process::{binary, free_port, poll_until, write_config};
 use support::*;
 
 /// `probe` runs of the goodbye loop (the count), and how many run at once.
@@ -30,7 +30,7 @@ async fn relay_over_mqtt(eras: Eras) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     let store = std::sync::Arc::new(SinkStore::open(&tmp.path().join("sink")).unwrap());
-    let sink = MqttSink::serve_eras(store, &broker.url(), eras);
+    let sink = MqttSink::serve_eras(store, &broker.url(), eras).await;
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
     let batch: Vec<Value> = (0..300).map(|i| event("imu", i)).collect();
     let (code, answer) = post(relay.ingest_addr, Value::Array(batch).to_string()).await;
@@ -39,7 +39,7 @@ async fn relay_over_mqtt(eras: Eras) -> String {
     let stream = relay.outbox.stats().stream;
     let result = audit(
         &accepted(&answer),
-        &sink.store.events("test-gw", stream).unwrap(),
+        &sink.store().events("test-gw", stream).unwrap(),
     );
     assert!(result.is_clean(), "{result}");
     let version = report(&relay).protocol_version.expect("negotiated");
@@ -108,7 +108,7 @@ async fn every_probe_and_a_graceful_stop_say_goodbye_over_mqtt() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     let log = tmp.path().join("broker/mosquitto.log");
-    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
     let presence = topics::client_presence("+");
     let mut bystander = support::mosquitto::bystander(&broker.url(), &[&presence]).await;
     let keys = format!(
@@ -123,7 +123,7 @@ async fn every_probe_and_a_graceful_stop_say_goodbye_over_mqtt() {
             .map(|_| {
                 let config = config.clone();
                 tokio::task::spawn_blocking(move || {
-                    Command::new(BINARY)
+                    Command::new(binary())
                         .args(["probe", "--config"])
                         .arg(config)
                         .output()

@@ -2,7 +2,7 @@
 //! cd3a13a): a bystander client subscribed to each `$mcp-...` filter checks the topics, the
 //! retained presence, the user properties, `notifications/disconnected` and the last will.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ async fn collect_until(link: &mut Link, seen: &mut Vec<Seen>, done: impl Fn(&[Se
 async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
-    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
     // A late subscriber still gets the server's presence: it is retained.
     let mut early = bystander(&broker.url()).await;
     let mut seen = Vec::new();

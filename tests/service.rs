@@ -1,7 +1,7 @@
 //! The real binary as a systemd service sees it: the notify protocol on a fake `NOTIFY_SOCKET`,
 //! and a SIGTERM under heavy ingest that loses nothing accepted.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

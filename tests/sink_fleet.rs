@@ -2,7 +2,7 @@
 //! both nodes) × 2 `edge-relay sink --store postgres` nodes on one database, with each node
 //! killed (-9) in turn and the database crashed (`pg_ctl stop -m immediate`) mid-stream.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -12,7 +12,7 @@ use edge_relay::daemon::Daemon;
 use edge_relay::demo::audit::audit;
 use edge_relay::sink::{PgStore, SinkBackend};
 use support::postgres::Postgres;
-use support::process::{BINARY, DaemonChild, child_command, free_port, poll_until, wait_listening};
+use support::process::{DaemonChild, binary, child_command, free_port, poll_until, wait_listening};
 use support::{WAIT, accepted, drained, event, post, relay_config, start_relay};
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ const ROUND: u64 = 50;
 
 /// `edge-relay sink --listen addr --store url`, started and listening.
 async fn node(addr: SocketAddr, url: &str) -> DaemonChild {
-    let mut cmd: Command = child_command(BINARY, "warn");
+    let mut cmd: Command = child_command(binary(), "warn");
     cmd.args(["sink", "--listen", &addr.to_string(), "--store", url]);
     let child = DaemonChild(cmd.spawn().expect("spawn a sink node"));
     wait_listening(addr, "sink node").await;

@@ -1,16 +1,13 @@
 //! The sink's PostgreSQL store against a real PostgreSQL (tests/support/postgres.rs): the
 //! contract cases the sled store passes, two nodes on one database, a database restart.
 
-mod support;
-
-#[allow(dead_code)]
-#[path = "../src/sink/contract_cases.rs"]
-mod contract_cases;
+use edge_relay_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use edge_relay::sink::{PgStore, SinkBackend, SinkError};
+use support::contract_cases;
 use support::postgres::Postgres;
 use uuid::Uuid;
 

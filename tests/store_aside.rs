@@ -1,7 +1,7 @@
 //! A store sled cannot open is moved aside and a new stream starts: the real binary, a real
 //! sled store made unreadable, and what `status` and `/metrics` then say.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::path::Path;
 

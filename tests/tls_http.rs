@@ -3,7 +3,7 @@
 //! nothing and leave the cursor where it was; files rotated on disk take effect on the next
 //! connection, without a restart.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::path::Path;
 
@@ -70,7 +70,7 @@ async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certifica
     let anonymous = relay(&pki.join("anonymous"), &sink, &ca.cert, None).await;
     post_events(&anonymous, "imu", 5).await;
     let e = error_containing(&anonymous, NO_CLIENT_CERT).await;
-    assert_nothing_delivered(&sink.store, &anonymous);
+    assert_nothing_delivered(sink.store(), &anonymous);
     println!("without a client certificate: {e}");
     anonymous.stop().await;
 
@@ -111,7 +111,7 @@ async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certifica
     let sink = sink.restart().await;
     sent.extend(post_events(&relay, "imu", 200).await);
     drained(&relay).await;
-    assert_stored_exactly_once(&sink.store, &relay, &sent);
+    assert_stored_exactly_once(sink.store(), &relay, &sent);
     relay.stop().await;
     sink.stop().await;
 }
@@ -131,11 +131,11 @@ async fn an_unknown_ca_names_ca_file_and_delivers_nothing_until_the_right_ca_is_
     let e = error_containing(&relay, UNKNOWN_CA).await;
     assert!(e.contains(&trusted.display().to_string()), "{e}");
     println!("unknown CA: {e}");
-    assert_nothing_delivered(&sink.store, &relay);
+    assert_nothing_delivered(sink.store(), &relay);
     // Control: the same relay, the right CA written over the file, delivers (no restart).
     std::fs::copy(&ca.cert, &trusted).unwrap();
     drained(&relay).await;
-    assert_stored_exactly_once(&sink.store, &relay, &sent);
+    assert_stored_exactly_once(sink.store(), &relay, &sent);
     relay.stop().await;
     sink.stop().await;
 }
@@ -160,7 +160,7 @@ async fn a_name_mismatch_names_server_name_and_the_override_delivers() {
     .await;
     assert!(e.contains("upstream.fleet.example"), "{e}");
     println!("name mismatch: {e}");
-    assert_nothing_delivered(&sink.store, &by_ip);
+    assert_nothing_delivered(sink.store(), &by_ip);
     by_ip.stop().await;
     // Control: the name the certificate carries, set as `server_name`.
     let named = relay_with(
@@ -173,7 +173,7 @@ async fn a_name_mismatch_names_server_name_and_the_override_delivers() {
     .await;
     let sent = post_events(&named, "imu", 20).await;
     drained(&named).await;
-    assert_stored_exactly_once(&sink.store, &named, &sent);
+    assert_stored_exactly_once(sink.store(), &named, &sent);
     named.stop().await;
     sink.stop().await;
 }
@@ -191,12 +191,12 @@ async fn an_expired_client_certificate_is_refused_and_a_rotated_one_is_used_with
     let e = error_containing(&relay, CLIENT_CERT_REFUSED).await;
     assert!(e.contains(&device.cert.display().to_string()), "{e}");
     println!("expired client certificate: {e}");
-    assert_nothing_delivered(&sink.store, &relay);
+    assert_nothing_delivered(sink.store(), &relay);
     // Control: a renewed certificate written over the same files is used by the next connection.
     ca.client(pki, "renewed", "gw-01", Validity::Current)
         .install_as(&device);
     drained(&relay).await;
-    assert_stored_exactly_once(&sink.store, &relay, &sent);
+    assert_stored_exactly_once(sink.store(), &relay, &sent);
     relay.stop().await;
     sink.stop().await;
 }

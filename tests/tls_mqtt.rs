@@ -4,7 +4,7 @@
 //! takes events over `mqtts://`; a wrong CA and an expired client certificate are named errors
 //! that deliver nothing and leave the cursor unchanged, until the right files are on disk.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ impl Fleet {
         let upstream = ca.client(pki, "upstream", "upstream", Validity::Current);
         let store = Arc::new(SinkStore::open(&pki.join("sink")).unwrap());
         let tls = ClientTls::new("--mqtt", client_tls(&ca.cert, Some(&upstream)));
-        let sink = MqttSink::serve_tls(store, &broker.tls_url(), Eras::Both, Some(tls));
+        let sink = MqttSink::serve_tls(store, &broker.tls_url(), Eras::Both, Some(tls)).await;
         Fleet { ca, broker, sink }
     }
 
@@ -61,7 +61,7 @@ async fn relay_and_upstream_over_mqtts_with_client_certificates_deliver_exactly_
     post_events(&anonymous, "imu", 5).await;
     let e = error_containing(&anonymous, NO_CLIENT_CERT).await;
     println!("without a client certificate: {e}");
-    assert_nothing_delivered(&fleet.sink.store, &anonymous);
+    assert_nothing_delivered(fleet.sink.store(), &anonymous);
     anonymous.stop().await;
 
     let device = fleet.ca.client(pki, "device", "gw-01", Validity::Current);
@@ -70,7 +70,7 @@ async fn relay_and_upstream_over_mqtts_with_client_certificates_deliver_exactly_
         .await;
     let sent = post_events(&relay, "imu", 300).await;
     drained(&relay).await;
-    assert_stored_exactly_once(&fleet.sink.store, &relay, &sent);
+    assert_stored_exactly_once(fleet.sink.store(), &relay, &sent);
     relay.stop().await;
     fleet.sink.stop().await;
 }
@@ -140,11 +140,11 @@ async fn an_unknown_broker_ca_is_named_and_nothing_advances_until_the_right_ca_i
     let sent = post_events(&relay, "imu", 20).await;
     let e = error_containing(&relay, UNKNOWN_CA).await;
     println!("unknown broker CA: {e}");
-    assert_nothing_delivered(&fleet.sink.store, &relay);
+    assert_nothing_delivered(fleet.sink.store(), &relay);
     // Control: the right CA written over the file is used by the next connection.
     std::fs::copy(&fleet.ca.cert, &trusted).unwrap();
     drained(&relay).await;
-    assert_stored_exactly_once(&fleet.sink.store, &relay, &sent);
+    assert_stored_exactly_once(fleet.sink.store(), &relay, &sent);
     relay.stop().await;
     fleet.sink.stop().await;
 }
@@ -161,14 +161,14 @@ async fn an_expired_device_certificate_is_refused_by_the_broker_and_a_rotated_on
     let sent = post_events(&relay, "imu", 20).await;
     let e = error_containing(&relay, CLIENT_CERT_REFUSED).await;
     println!("expired device certificate: {e}");
-    assert_nothing_delivered(&fleet.sink.store, &relay);
+    assert_nothing_delivered(fleet.sink.store(), &relay);
     // Control: a renewed certificate rotated on disk, no restart.
     fleet
         .ca
         .client(pki, "renewed", "gw-01", Validity::Current)
         .install_as(&device);
     drained(&relay).await;
-    assert_stored_exactly_once(&fleet.sink.store, &relay, &sent);
+    assert_stored_exactly_once(fleet.sink.store(), &relay, &sent);
     relay.stop().await;
     fleet.sink.stop().await;
 }
@@ -178,7 +178,7 @@ async fn an_expired_device_certificate_is_refused_by_the_broker_and_a_rotated_on
 /// `--mqtt-cert`, `--mqtt-key`); one relay reaches it over each, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_binary_serves_https_and_mqtts_with_its_tls_flags() {
-    use support::process::{BINARY, child_command, free_port, sigterm, spawn_listening, wait_exit};
+    use support::process::{binary, child_command, free_port, sigterm, spawn_listening, wait_exit};
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path();
     let ca = Ca::new(pki, "fleet");
@@ -187,7 +187,7 @@ async fn the_sink_binary_serves_https_and_mqtts_with_its_tls_flags() {
     let web = ca.server(pki, "web", &["127.0.0.1"]);
     let upstream = ca.client(pki, "upstream", "upstream", Validity::Current);
     let listen = free_port();
-    let mut cmd = child_command(BINARY, "warn");
+    let mut cmd = child_command(binary(), "warn");
     cmd.arg("sink")
         .args(["--listen", &listen.to_string()])
         .arg("--data-dir")

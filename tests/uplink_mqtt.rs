@@ -1,7 +1,7 @@
 //! The MCP over MQTT uplink against a real Mosquitto: exactly once and in order through broker
 //! restarts, upstream restarts, lost answers and server failover.
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::demo::audit::audit;
 use edge_relay::demo::mosquitto::Mosquitto;
@@ -21,7 +21,7 @@ async fn post_batch(relay: &edge_relay::daemon::Daemon, source: &str, n: u64) ->
 async fn ten_thousand_events_over_mqtt_exactly_once_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
-    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
     let mut all = Vec::new();
     for _ in 0..40 {
@@ -29,7 +29,7 @@ async fn ten_thousand_events_over_mqtt_exactly_once_in_order() {
     }
     drained(&relay).await;
     let stored = sink
-        .store
+        .store()
         .events("test-gw", relay.outbox.stats().stream)
         .unwrap();
     let result = audit(&all, &stored);
@@ -43,7 +43,7 @@ async fn ten_thousand_events_over_mqtt_exactly_once_in_order() {
 async fn broker_and_upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
-    let mut sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let mut sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
     let mut all = Vec::new();
     for round in 0..4u64 {
@@ -55,13 +55,13 @@ async fn broker_and_upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
         } else {
             let store = sink.stop().await;
             drop(store);
-            sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+            sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
         }
         all.extend(post_batch(&relay, "b", 300).await);
     }
     drained(&relay).await;
     let stored = sink
-        .store
+        .store()
         .events("test-gw", relay.outbox.stats().stream)
         .unwrap();
     let result = audit(&all, &stored);
@@ -76,7 +76,7 @@ async fn broker_and_upstream_restarts_mid_stream_lose_and_duplicate_nothing() {
 async fn answer_lost_after_the_upstream_stored_the_batch_is_not_duplicated() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
-    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url());
+    let sink = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
     let proxy = fault_proxy::FaultProxy::start(broker.addr).await;
     let relay_url = format!("mqtt://{}", proxy.addr);
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &relay_url)).await;
@@ -87,7 +87,7 @@ async fn answer_lost_after_the_upstream_stored_the_batch_is_not_duplicated() {
     drained(&relay).await;
     assert_eq!(proxy.cuts(), 1, "the answer to the second batch was cut");
     let stream = relay.outbox.stats().stream;
-    let result = audit(&all, &sink.store.events("test-gw", stream).unwrap());
+    let result = audit(&all, &sink.store().events("test-gw", stream).unwrap());
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 20);
     assert!(report(&relay).reconnects >= 2);
@@ -100,18 +100,18 @@ async fn two_instances_of_one_server_name_the_relay_switches_when_one_goes_offli
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"), false).unwrap();
     // Two instances of one upstream (same name, same store, different server-ids).
-    let first = MqttSink::open(&tmp.path().join("sink"), &broker.url());
-    let mut second = Some(MqttSink::serve(first.store.clone(), &broker.url()));
+    let first = MqttSink::open(&tmp.path().join("sink"), &broker.url()).await;
+    let mut second = Some(MqttSink::serve(first.store().clone(), &broker.url()).await);
     let mut first = Some(first);
     let relay = start_relay(relay_config_mqtt(&tmp.path().join("relay"), &broker.url())).await;
     let mut all = post_batch(&relay, "a", 100).await;
     drained(&relay).await;
     // Take each instance offline in turn: whichever the relay uses, it must move to the other.
-    let store = first.as_ref().unwrap().store.clone();
+    let store = first.as_ref().unwrap().store().clone();
     first.take().unwrap().stop().await;
     all.extend(post_batch(&relay, "b", 100).await);
     drained(&relay).await;
-    first = Some(MqttSink::serve(store.clone(), &broker.url()));
+    first = Some(MqttSink::serve(store.clone(), &broker.url()).await);
     second.take().unwrap().stop().await;
     all.extend(post_batch(&relay, "c", 100).await);
     drained(&relay).await;

@@ -2,7 +2,7 @@
 //! echoes the bearer token in an error body has it scrubbed and the body cut, and its
 //! `Retry-After` is kept with the error.
 
-mod support;
+use edge_relay_testkit as support;
 
 use std::convert::Infallible;
 

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod era;
 mod error;
+pub mod handle;
 mod keys;
 mod legacy;
 pub mod mqtt;
@@ -21,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use backend::SinkBackend;
 pub use era::Eras;
+pub use handle::{SinkHandle, SinkSpec, StoppedSink};
 pub use postgres::PgStore;
 pub use server::{HttpOptions, SinkService, serve_http, serve_http_options, serve_http_with};
 pub use store::{SinkError, SinkStore};
 
 use crate::tls::ClientTls;
-use crate::tls::server::{ServerTls, TlsListener};
+use crate::tls::server::ServerTls;
 
 /// What `edge-relay sink` serves, and where.
 #[derive(Debug, Clone)]
@@ -94,32 +96,24 @@ pub async fn run(options: SinkOptions, shutdown: CancellationToken) -> anyhow::R
         eras,
         tls,
     } = options;
-    let server_tls = tls.as_ref().map(ServerTls::load).transpose()?;
     let store = store.open().await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the sink on {listen}"))?;
     let streams = store.streams().await?.len();
     log::info!(streams = streams; "sink store open");
-    let over_mqtt = mqtt.map(|opts| {
-        let serve = mqtt::serve_mqtt_tls(opts, mqtt_tls, eras, store.clone(), shutdown.clone());
-        tokio::spawn(serve)
-    });
-    let options = HttpOptions {
+    let client_certs = tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+    let with_tls = tls.is_some();
+    let mut spec = SinkSpec {
+        listen: Some(listen),
+        tls,
+        mqtt,
+        mqtt_tls,
         eras,
-        ..HttpOptions::default()
     };
-    match server_tls {
-        Some(config) => {
-            let client_certs = tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
-            log::info!(client_certificates_required = client_certs;
-                "sink: TLS on; the MCP endpoint is https://{listen}{}", server::MCP_PATH);
-            let listener = TlsListener::new(listener, config);
-            serve_http_options(listener, store, shutdown, options).await?;
-        }
-        None => serve_http_options(listener, store, shutdown, options).await?,
+    let tasks = handle::spawn_faces(&mut spec, store, &shutdown).await?;
+    if with_tls {
+        log::info!(client_certificates_required = client_certs;
+            "sink: TLS on; the MCP endpoint is https://{listen}{}", server::MCP_PATH);
     }
-    if let Some(task) = over_mqtt {
+    for task in tasks {
         task.await??;
     }
     Ok(())

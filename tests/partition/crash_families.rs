@@ -18,7 +18,7 @@ use crate::real_net::*;
 use crate::summary::FamilySummary;
 use crate::support::mcp_mqtt::{MqttSink, SERVER_NAME, relay_config_mqtt};
 use crate::support::process::{
-    BINARY, all_acked, free_port, kill_9, poll_until, spawn_listening, status, write_config_with,
+    all_acked, binary, free_port, kill_9, poll_until, spawn_listening, status, write_config_with,
 };
 use crate::support::{Sink, WAIT, acked_at_least, drained_within, relay_config, start_relay};
 
@@ -123,7 +123,7 @@ async fn relay_run(rng: &mut StdRng, dir: &Path, cycles: u64, mqtt: bool) -> Run
                 b.url()
             );
             (
-                Upstream::Mqtt(MqttSink::open(&dir.join("sink"), &b.url())),
+                Upstream::Mqtt(MqttSink::open(&dir.join("sink"), &b.url()).await),
                 keys,
             )
         }
@@ -144,7 +144,7 @@ async fn relay_run(rng: &mut StdRng, dir: &Path, cycles: u64, mqtt: bool) -> Run
          request_timeout_ms = 2000",
     );
     let start = async || {
-        let mut cmd = family_child(BINARY);
+        let mut cmd = family_child(binary());
         cmd.args(["run", "--config"]).arg(&config);
         spawn_listening(&mut cmd, port, "the relay daemon").await
     };
@@ -266,7 +266,7 @@ async fn upstream_run(rng: &mut StdRng, dir: &Path, cycles: u64, eras: &str) -> 
     let sink_dir = dir.join("sink");
     let listen = free_port();
     let start = async || {
-        let mut cmd = family_child(BINARY);
+        let mut cmd = family_child(binary());
         cmd.args(["sink", "--eras", eras, "--listen", &listen.to_string()])
             .arg("--data-dir")
             .arg(&sink_dir);
@@ -317,11 +317,11 @@ async fn crash_mosquitto() {
 async fn mosquitto_run(rng: &mut StdRng, dir: &Path, cycles: u64) -> RunEnd {
     let mut broker =
         Mosquitto::start(&dir.join("broker"), false).unwrap_or_else(|e| panic!("{e:#}"));
-    let sink = MqttSink::open(&dir.join("sink"), &broker.url());
+    let sink = MqttSink::open(&dir.join("sink"), &broker.url()).await;
     let relay = start_relay(relay_config_mqtt(&dir.join("relay"), &broker.url())).await;
     let sampler = CursorSampler::start(
         outbox_cursor(relay.outbox.clone()),
-        store_mark(sink.store.clone()),
+        store_mark(sink.store().clone()),
     );
     let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
     for _ in 0..cycles {

@@ -16,7 +16,7 @@ use crate::crash_families::{
 };
 use crate::real_net::*;
 use crate::support::postgres::Postgres;
-use crate::support::process::{BINARY, DaemonChild, free_port, kill_9, spawn_listening};
+use crate::support::process::{DaemonChild, binary, free_port, kill_9, spawn_listening};
 use crate::support::{acked_at_least, relay_config, start_relay};
 
 /// Sink-node kills in CI (alternating nodes, at random moments of delivery).
@@ -66,7 +66,7 @@ impl Fleet {
 }
 
 async fn node(addr: SocketAddr, url: &str) -> DaemonChild {
-    let mut cmd = family_child(BINARY);
+    let mut cmd = family_child(binary());
     cmd.args(["sink", "--listen", &addr.to_string(), "--store", url]);
     // Killed when dropped, so a failing run leaves no node behind.
     DaemonChild(spawn_listening(&mut cmd, addr, "a sink node").await)

@@ -1,12 +1,10 @@
 //! Network-partition simulation suite: every family drives faults against the relay and checks
 //! the same safety and liveness invariants against the upstream's own store (see README.md).
 
-#[path = "../support/mod.rs"]
-mod support;
+use edge_relay_testkit as support;
 
 mod crash_families;
 mod fleet_families;
-#[path = "../support/lazyfs/mod.rs"]
 mod lazyfs;
 mod netns;
 mod powercut;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::real_net::*;
 use crate::summary::FamilySummary;
-use crate::support::process::{BINARY, all_acked, kill_9, poll_until, write_config_with};
+use crate::support::process::{all_acked, binary, kill_9, poll_until, write_config_with};
 use crate::support::{WAIT, accepted, event};
 
 /// Prefix of every namespace and interface this family creates (stale ones are deleted).
@@ -79,7 +79,7 @@ fn run(program: &str, args: &[&str]) {
 /// `ip netns exec NS <edge-relay> ARGS...`.
 fn in_ns(ns: &str) -> Command {
     let mut c = family_child("ip");
-    c.args(["netns", "exec", ns, BINARY]);
+    c.args(["netns", "exec", ns, binary()]);
     c
 }
 
@@ -220,7 +220,7 @@ impl Cut {
 /// exited 0.
 async fn relay_cli(ns: &str, args: &[&str], body: Option<&[u8]>) -> Option<String> {
     let mut c = tokio::process::Command::new("ip");
-    c.args(["netns", "exec", ns, BINARY])
+    c.args(["netns", "exec", ns, binary()])
         .args(args)
         .env("RUST_LOG", "off")
         .stdin(Stdio::piped())

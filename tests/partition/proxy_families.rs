@@ -149,7 +149,7 @@ async fn peers(dir: &std::path::Path, link: Link, eras: Eras) -> (Peers, Config)
     let (upstream, proxy, mut config) = match link {
         Link::HttpUplink => {
             let sink = Sink::start_eras(&dir.join("sink"), eras).await;
-            let proxy = FaultProxy::start(sink.addr).await;
+            let proxy = FaultProxy::start(sink.addr()).await;
             let config = relay_config(&relay_dir, &format!("http://{}/mcp", proxy.addr));
             (Upstream::Http(sink), proxy, config)
         }
@@ -166,14 +166,14 @@ async fn peers(dir: &std::path::Path, link: Link, eras: Eras) -> (Peers, Config)
             };
             let any_port = "127.0.0.1:0".parse().unwrap();
             let sink = Sink::start_tls(any_port, &dir.join("sink"), eras, Some(tls)).await;
-            let proxy = FaultProxy::start(sink.addr).await;
+            let proxy = FaultProxy::start(sink.addr()).await;
             let mut config = relay_config(&relay_dir, &format!("https://{}/mcp", proxy.addr));
             config.upstream.tls = client_tls(&ca.cert, Some(&device));
             (Upstream::Http(sink), proxy, config)
         }
         Link::MqttUplink => {
             let b = broker.as_ref().unwrap();
-            let sink = MqttSink::open(&dir.join("sink"), &b.url());
+            let sink = MqttSink::open(&dir.join("sink"), &b.url()).await;
             let proxy = FaultProxy::start(b.addr).await;
             let config = relay_config_mqtt(&relay_dir, &format!("mqtt://{}", proxy.addr));
             (Upstream::Mqtt(sink), proxy, config)

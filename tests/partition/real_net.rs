@@ -94,8 +94,8 @@ impl Upstream {
     /// The upstream's own store.
     pub fn store(&self) -> Arc<SinkStore> {
         match self {
-            Upstream::Http(sink) => sink.store.clone(),
-            Upstream::Mqtt(sink) => sink.store.clone(),
+            Upstream::Http(sink) => sink.store().clone(),
+            Upstream::Mqtt(sink) => sink.store().clone(),
         }
     }
 

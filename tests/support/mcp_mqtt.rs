@@ -4,62 +4,66 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edge_relay::config::{Config, Transport};
-use edge_relay::sink::Eras;
-use edge_relay::sink::SinkStore;
-use edge_relay::sink::mqtt::{MqttServe, serve_mqtt_tls};
+use edge_relay::sink::mqtt::MqttServe;
+use edge_relay::sink::{Eras, SinkHandle, SinkSpec, SinkStore};
 use edge_relay::tls::ClientTls;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// server-name the tests use.
 pub const SERVER_NAME: &str = "test/ingest";
 
-/// One sink instance serving `store` over MQTT (several may share a store and a name).
-pub struct MqttSink {
-    pub store: Arc<SinkStore>,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// One sink instance serving a store over MQTT only ([`SinkHandle`]; several may share a
+/// store and a name); the constructors panic on failure.
+pub struct MqttSink(SinkHandle);
+
+impl std::ops::Deref for MqttSink {
+    type Target = SinkHandle;
+    fn deref(&self) -> &SinkHandle {
+        &self.0
+    }
 }
 
 impl MqttSink {
     /// Opens the store in `dir` and serves it through `broker`.
-    pub fn open(dir: &Path, broker: &str) -> MqttSink {
-        Self::serve(Arc::new(SinkStore::open(dir).unwrap()), broker)
+    pub async fn open(dir: &Path, broker: &str) -> MqttSink {
+        Self::serve(Arc::new(SinkStore::open(dir).unwrap()), broker).await
     }
 
     /// Serves an already open store (a second instance of the same upstream).
-    pub fn serve(store: Arc<SinkStore>, broker: &str) -> MqttSink {
-        Self::serve_eras(store, broker, Eras::Both)
+    pub async fn serve(store: Arc<SinkStore>, broker: &str) -> MqttSink {
+        Self::serve_eras(store, broker, Eras::Both).await
     }
 
     /// Serves `store` in the MCP revisions of `eras` only.
-    pub fn serve_eras(store: Arc<SinkStore>, broker: &str, eras: Eras) -> MqttSink {
-        Self::serve_tls(store, broker, eras, None)
+    pub async fn serve_eras(store: Arc<SinkStore>, broker: &str, eras: Eras) -> MqttSink {
+        Self::serve_tls(store, broker, eras, None).await
     }
 
     /// Serves `store` through an `mqtts://` broker, connecting with `tls`.
-    pub fn serve_tls(
+    pub async fn serve_tls(
         store: Arc<SinkStore>,
         broker: &str,
         eras: Eras,
         tls: Option<ClientTls>,
     ) -> MqttSink {
-        let stop = CancellationToken::new();
-        let opts = MqttServe {
-            url: broker.to_owned(),
-            server_name: SERVER_NAME.into(),
-            password: None,
-            reconnect_max: std::time::Duration::from_millis(300),
+        let spec = SinkSpec {
+            mqtt_tls: tls,
+            eras,
+            ..SinkSpec::mqtt(MqttServe {
+                url: broker.to_owned(),
+                server_name: SERVER_NAME.into(),
+                password: None,
+                reconnect_max: std::time::Duration::from_millis(300),
+            })
         };
-        let task = tokio::spawn(serve_mqtt_tls(opts, tls, eras, store.clone(), stop.clone()));
-        MqttSink { store, stop, task }
+        MqttSink(SinkHandle::share(store, spec).await.unwrap())
     }
 
-    /// Graceful stop: sessions told `notifications/disconnected`, presence cleared.
+    /// Graceful stop: sessions told `notifications/disconnected`, presence cleared. Returns
+    /// the store, still open.
     pub async fn stop(self) -> Arc<SinkStore> {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
-        self.store
+        let store = self.0.store().clone();
+        self.0.stop().await.unwrap();
+        store
     }
 }
 

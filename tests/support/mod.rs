@@ -1,7 +1,11 @@
-//! Shared test harness: the real reference upstream, the real relay, and an HTTP producer.
-#![allow(dead_code)]
+//! Shared test harness (package `edge-relay-testkit`, a dev-dependency): the real reference
+//! upstream, the real relay, and an HTTP producer; each test crate imports it as `support`.
 
 pub mod certs;
+/// The sink store contract cases (also run on sled by the library's unit tests), here for the
+/// PostgreSQL store's test crate.
+#[path = "../../src/sink/contract_cases.rs"]
+pub mod contract_cases;
 pub mod fault_proxy;
 pub mod mcp_mqtt;
 pub mod mosquitto;
@@ -11,34 +15,31 @@ pub mod recording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use edge_relay::cli::local_client;
 use edge_relay::config::Config;
+use edge_relay::contract::IngestAnswer;
 use edge_relay::daemon::Daemon;
 use edge_relay::event::Event;
-use edge_relay::sink::{Eras, HttpOptions, SinkStore, serve_http_options};
-use edge_relay::tls::server::{ServerTls, TlsListener};
+use edge_relay::sink::{Eras, SinkHandle, SinkSpec, SinkStore};
+use edge_relay::tls::server::ServerTls;
 use hyper::Method;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Upper bound for any wait on the system under test; a hang fails the test instead.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The reference upstream on loopback, restartable on the same store, port and eras.
-pub struct Sink {
-    pub addr: SocketAddr,
-    pub dir: PathBuf,
-    pub store: Arc<SinkStore>,
-    pub eras: Eras,
-    pub tls: Option<ServerTls>,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The reference upstream on loopback ([`SinkHandle`]), restartable on the same store, port
+/// and eras; the constructors panic on failure.
+pub struct Sink(SinkHandle);
+
+impl std::ops::Deref for Sink {
+    type Target = SinkHandle;
+    fn deref(&self) -> &SinkHandle {
+        &self.0
+    }
 }
 
 impl Sink {
@@ -52,10 +53,12 @@ impl Sink {
         Self::start_with("127.0.0.1:0".parse().unwrap(), dir, eras).await
     }
 
+    /// On `addr` (a fixed port to take over, or port 0).
     pub async fn start_on(addr: SocketAddr, dir: &Path) -> Sink {
         Self::start_with(addr, dir, Eras::Both).await
     }
 
+    /// On `addr`, serving only the MCP revisions of `eras`.
     pub async fn start_with(addr: SocketAddr, dir: &Path, eras: Eras) -> Sink {
         Self::start_tls(addr, dir, eras, None).await
     }
@@ -67,63 +70,30 @@ impl Sink {
         eras: Eras,
         tls: Option<ServerTls>,
     ) -> Sink {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let store = Arc::new(SinkStore::open(dir).unwrap());
-        let stop = CancellationToken::new();
-        let options = HttpOptions {
-            eras,
-            ..HttpOptions::default()
-        };
-        let task = match &tls {
-            Some(files) => {
-                let listener = TlsListener::new(listener, files.load().unwrap());
-                tokio::spawn(serve_http_options(
-                    listener,
-                    store.clone(),
-                    stop.clone(),
-                    options,
-                ))
-            }
-            None => tokio::spawn(serve_http_options(
-                listener,
-                store.clone(),
-                stop.clone(),
-                options,
-            )),
-        };
-        Sink {
-            addr,
-            dir: dir.to_owned(),
-            store,
-            eras,
+        let spec = SinkSpec {
+            listen: Some(addr),
             tls,
-            stop,
-            task,
-        }
+            eras,
+            ..SinkSpec::http()
+        };
+        Sink(SinkHandle::start(dir, spec).await.unwrap())
     }
 
-    pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}/mcp", self.addr)
-    }
-
-    /// Stops abruptly (connections dropped) and releases the store.
+    /// Stops abruptly (connections dropped) and releases the store; returns its address and
+    /// data dir.
     pub async fn stop(self) -> (SocketAddr, PathBuf) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
-        (self.addr, self.dir)
+        let stopped = self.0.stop().await.unwrap();
+        (stopped.addr().unwrap(), stopped.dir().unwrap().to_owned())
     }
 
     /// Stop, then start again on the same port and store: sessions are forgotten.
     pub async fn restart(self) -> Sink {
-        let (eras, tls) = (self.eras, self.tls.clone());
-        let (addr, dir) = self.stop().await;
-        Sink::start_tls(addr, &dir, eras, tls).await
+        Sink(self.0.restart().await.unwrap())
     }
 
+    /// The events stored for `stream` of `gateway`, in seq order.
     pub fn events(&self, gateway: &str, stream: Uuid) -> Vec<Event> {
-        self.store.events(gateway, stream).unwrap()
+        self.store().events(gateway, stream).unwrap()
     }
 }
 
@@ -158,19 +128,11 @@ pub async fn post(addr: SocketAddr, body: impl Into<Vec<u8>>) -> (u16, Value) {
     (code, value)
 }
 
-/// `(seq, id)` pairs of a 200 answer.
+/// `(seq, id)` pairs of a 200 answer ([`IngestAnswer`]).
 pub fn accepted(answer: &Value) -> Vec<(u64, Uuid)> {
-    let seqs = answer["seqs"].as_array().expect("seqs");
-    let ids = answer["ids"].as_array().expect("ids");
-    seqs.iter()
-        .zip(ids)
-        .map(|(s, i)| {
-            (
-                s.as_u64().unwrap(),
-                Uuid::parse_str(i.as_str().unwrap()).unwrap(),
-            )
-        })
-        .collect()
+    let answer: IngestAnswer =
+        serde_json::from_value(answer.clone()).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    answer.pairs().unwrap()
 }
 
 /// A sensor event with a fresh producer id.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use edge_relay::cli::local_client;
@@ -17,8 +18,24 @@ use super::WAIT;
 /// Pause between two looks at a condition that has no signal to wait on (a child's exit).
 pub const POLL: Duration = Duration::from_millis(20);
 
-/// The `edge-relay` binary under test.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_edge-relay");
+/// The `edge-relay` binary under test, which cargo builds for every integration test: in the
+/// profile dir (`target/debug/`) whose `deps/` holds the running test executable.
+///
+/// # Panics
+/// The binary is not there (a test executable run from elsewhere).
+pub fn binary() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test executable in <profile>/deps/");
+        let bin = profile.join(format!("edge-relay{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "no edge-relay binary at {}", bin.display());
+        bin.into_os_string().into_string().expect("a UTF-8 path")
+    })
+}
 
 /// `[relay]` keys of [`write_config`]: fast reconnects, batches of at most 50 events.
 pub const FAST_RELAY: &str = "backoff_initial_ms = 20\nbackoff_max_ms = 200\nbatch_max_events = 50";
@@ -97,7 +114,7 @@ pub fn child_command(program: &str, log: &str) -> Command {
 /// Starts `edge-relay run --config config` with `env` added, outside any systemd context
 /// (`NOTIFY_SOCKET`, `WATCHDOG_*`, `JOURNAL_STREAM` and `STATE_DIRECTORY` removed first).
 pub fn spawn_daemon(config: &Path, env: &[(&str, &OsStr)]) -> DaemonChild {
-    let mut cmd = child_command(BINARY, "warn");
+    let mut cmd = child_command(binary(), "warn");
     cmd.args(["run", "--config"]).arg(config);
     for var in [
         "NOTIFY_SOCKET",

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::real_net::*;
 use crate::support::accepted;
-use crate::support::process::{BINARY, POLL};
+use crate::support::process::{POLL, binary};
 
 use super::*;
 
@@ -155,7 +155,7 @@ impl Proc {
             .open(&self.log)
             .unwrap();
         let from = log.seek(SeekFrom::End(0)).unwrap();
-        let mut cmd = family_child(BINARY);
+        let mut cmd = family_child(binary());
         // A panic's message, not pages of backtrace, in the report.
         cmd.args(&self.args)
             .env("RUST_BACKTRACE", "0")

@@ -1,6 +1,6 @@
 //! End to end over MCP Streamable HTTP: real sled outbox, real HTTP ingest, real reference upstream.
 
-mod support;
+use edge_relay_testkit as support;
 
 use edge_relay::demo::audit::audit;
 use edge_relay::sink::Eras;
@@ -123,7 +123,7 @@ async fn a_sink_on_a_non_default_address_accepts_the_relay() {
 async fn lost_answer_is_resent_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink")).await;
-    let proxy = fault_proxy::FaultProxy::start(sink.addr).await;
+    let proxy = fault_proxy::FaultProxy::start(sink.addr()).await;
     let relay = start_relay(relay_config(
         &tmp.path().join("relay"),
         &format!("http://{}/mcp", proxy.addr),
@@ -147,7 +147,7 @@ async fn lost_answer_is_resent_without_duplicates() {
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 20);
     // The upstream had stored the batch: the relay resumed after the upstream's cursor.
-    let cursor = sink.store.cursor("test-gw", stream).await.unwrap();
+    let cursor = sink.store().cursor("test-gw", stream).await.unwrap();
     assert_eq!(cursor.acked_seq, Some(20));
     assert!(report(&relay).reconnects >= 2);
     relay.stop().await;
