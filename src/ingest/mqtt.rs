@@ -42,7 +42,7 @@ use crate::config::{MqttIngestConfig, Secret};
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, MAX_SOURCE_LEN, NewEvent};
 use crate::mqtt::link::{Acker, Link, LinkOptions, MqttError};
 use crate::outbox::{Outbox, OutboxError};
-use crate::relay::backoff::Backoff;
+use crate::reconnect::{Backoff, Pace, Reconnect};
 use crate::tls::ClientTls;
 
 /// `kind` of an event made from an MQTT message.
@@ -116,20 +116,22 @@ impl IngestMqtt {
     /// Ingests until `shutdown`, reconnecting with capped, jittered backoff. On shutdown an
     /// append in progress finishes and is acked, then the session ends with DISCONNECT.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+        let mut reconnect = Reconnect::new(module_path!(), RECONNECT_INITIAL, RECONNECT_MAX)
+            .field("broker", self.url.as_str())
+            .field("client_id", self.client_id.as_str());
         while !shutdown.is_cancelled() {
             let mut connected_at = None;
             let err = match self.session(&shutdown, &mut connected_at).await {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            backoff.connection_lasted(connected_at.map_or(Duration::ZERO, |t| t.elapsed()));
-            let delay = backoff.next_delay(rand::random::<f64>());
-            log::warn!(broker = self.url.as_str(), client_id = self.client_id.as_str();
-                "{err:#}; retry in {delay:?}");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
+            let healthy_for = connected_at.map_or(Duration::ZERO, |t| t.elapsed());
+            if reconnect
+                .retry(&err, healthy_for, Pace::Backoff, &shutdown)
+                .await
+                .is_none()
+            {
+                break;
             }
         }
         log::info!("mqtt ingest stopped");

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::recovery::load_or_init;
-use super::{OutboxError, OutboxStats};
+use super::error::OutboxError;
+use super::stats::OutboxStats;
 use crate::durable::FsSync;
 
 /// An open store: sled, its syncs, the outbox tree.

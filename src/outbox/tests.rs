@@ -1,4 +1,6 @@
 use super::*;
+use crate::config::Overflow;
+use uuid::Uuid;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -25,10 +25,11 @@ use uuid::Uuid;
 use super::chunk::{self, Builder};
 use super::recovery::{event_id, forget_id, put_counters, roll_back};
 use super::store::{Store, free_bytes};
-use super::{
-    Appended, Command, OutboxConfig, OutboxError, OutboxStats, id_by_seq_key, id_key, index_digest,
-    index_seq, index_value,
-};
+use super::command::{Appended, Command};
+use super::config::OutboxConfig;
+use super::error::OutboxError;
+use super::keys::{id_by_seq_key, id_key, index_digest, index_seq, index_value};
+use super::stats::OutboxStats;
 use crate::config::Overflow;
 use crate::event::{NewEvent, now_rfc3339};
 use crate::heartbeat::Heartbeat;
