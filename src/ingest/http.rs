@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::admit::{Refusal, admit};
 use super::body::{BodyError, parse_events};
 use super::receive::{BodyBudget, ReceiveError};
-use crate::config::{HttpIngestConfig, Secret};
+use crate::config::HttpIngestConfig;
+use crate::config::secret::Secret;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
 

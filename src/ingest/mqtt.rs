@@ -38,7 +38,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{MqttIngestConfig, Secret};
+use crate::config::MqttIngestConfig;
+use crate::config::secret::Secret;
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, MAX_SOURCE_LEN, NewEvent};
 use crate::mqtt::link::{Acker, Link, LinkOptions, MqttError};
 use crate::outbox::{Outbox, OutboxError};

@@ -20,7 +20,7 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::tls::ClientTls;
 
 /// Largest MQTT packet we accept and advertise in CONNECT (rumqttc's default is 10 KiB).

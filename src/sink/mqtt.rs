@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::backend::SinkBackend;
 use super::era::Eras;
 use super::server::SinkService;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
 use crate::mqtt::transport::{Inbox, MqttTransport, is_disconnected};
