@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::contract::Gap;
 use crate::event::{Event, NewEvent};
 
-pub use command::{Appended, COMMAND_QUEUE};
 pub(crate) use command::Command;
+pub use command::{Appended, COMMAND_QUEUE};
 pub use config::OutboxConfig;
 pub use error::OutboxError;
 pub use stats::OutboxStats;
@@ -58,9 +58,6 @@ impl Outbox {
     /// # Errors
     /// sled cannot open the directory (permissions, lock held by another process, corruption).
     pub fn open(dir: &Path, config: OutboxConfig) -> Result<(Outbox, Writer), OutboxError> {
-        // sled's own `flush` is not a real fsync on Linux: every group commit ends in
-        // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
-        // reads it.
         let (store, stats) = store::Store::open(dir, config.cache_bytes)?;
         let tree = Arc::new(RwLock::new(Some(store.tree.clone())));
         let (stats_tx, stats_rx) = watch::channel(stats);
@@ -135,7 +132,7 @@ impl Outbox {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| OutboxError::Reopening("reads resume once it is open".into()))
+            .ok_or_else(|| OutboxError::Reopening(None))
     }
 
     /// Counters as of the last fsync.

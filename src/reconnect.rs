@@ -225,17 +225,28 @@ mod tests {
             r.retry(&err, Duration::ZERO, Pace::Now, &shutdown).await,
             Some(Duration::ZERO)
         );
-        let first = r.retry(&err, Duration::ZERO, Pace::Backoff, &shutdown).await;
+        let first = r
+            .retry(&err, Duration::ZERO, Pace::Backoff, &shutdown)
+            .await;
         assert!(first.is_some_and(|d| (ms(100)..=ms(200)).contains(&d)));
         let asked = r
             .retry(&err, Duration::ZERO, Pace::AtLeast(ms(5_000)), &shutdown)
             .await;
         assert_eq!(asked, Some(ms(5_000)));
         let capped = r
-            .retry(&err, Duration::ZERO, Pace::AtLeast(Duration::from_secs(3600)), &shutdown)
+            .retry(
+                &err,
+                Duration::ZERO,
+                Pace::AtLeast(Duration::from_secs(3600)),
+                &shutdown,
+            )
             .await;
         assert_eq!(capped, Some(max));
         shutdown.cancel();
-        assert_eq!(r.retry(&err, Duration::ZERO, Pace::Backoff, &shutdown).await, None);
+        assert_eq!(
+            r.retry(&err, Duration::ZERO, Pace::Backoff, &shutdown)
+                .await,
+            None
+        );
     }
 }

@@ -163,8 +163,9 @@ impl IngestHttp {
             Ok(events) => events,
             Err(e) => {
                 let status = match &e {
-                    e if e.is_oversize() => StatusCode::PAYLOAD_TOO_LARGE,
-                    BodyError::TooMany => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::TooLarge { .. } | BodyError::TooMany => {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    }
                     BodyError::IdConflict { .. } => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };

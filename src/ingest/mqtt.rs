@@ -30,6 +30,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use futures::FutureExt;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish, RetainForwardRule};
@@ -376,26 +378,8 @@ fn payload_data(payload: &[u8]) -> Value {
     }
     match std::str::from_utf8(payload) {
         Ok(text) => Value::String(text.to_owned()),
-        Err(_) => json!({"encoding": "base64", "base64": base64(payload)}),
+        Err(_) => json!({"encoding": "base64", "base64": STANDARD.encode(payload)}),
     }
-}
-
-/// Standard base64 (RFC 4648 §4) with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.

@@ -31,9 +31,10 @@ pub enum OutboxError {
     /// The daemon is shutting down; nothing of the request was stored.
     #[error("outbox is shutting down")]
     Closed,
-    /// The store failed with an I/O error and is being reopened; retry shortly.
-    #[error("outbox store is being reopened after an I/O error: {0}")]
-    Reopening(String),
+    /// The store failed with an I/O error and is being reopened; retry shortly. The source is
+    /// the error a write met, `None` for a request that found the store closed.
+    #[error("outbox store is being reopened after an I/O error; retry shortly")]
+    Reopening(#[source] Option<Box<OutboxError>>),
     /// sled or the disk failed (e.g. no space left); the request may be partly stored but was not
     /// acknowledged. Producers retrying with the same `id` get the original `seq`.
     #[error("storage error: {0}")]

@@ -214,7 +214,9 @@ fn migrate_layout_1(tree: &sled::Tree, stats: &mut OutboxStats) -> Result<(), Ou
         let (key, ids) = item?;
         let mut batch = sled::Batch::default();
         for id in ids.chunks_exact(16) {
-            let Ok(id) = Uuid::from_slice(id) else { continue };
+            let Ok(id) = Uuid::from_slice(id) else {
+                continue;
+            };
             if let Some(seq) = tree.get(id_key(&id))?.and_then(|v| index_seq(&v)) {
                 batch.insert(&id_by_seq_key(seq)[..], id.as_bytes());
             }

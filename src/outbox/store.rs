@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use super::recovery::load_or_init;
 use super::error::OutboxError;
+use super::recovery::load_or_init;
 use super::stats::OutboxStats;
 use crate::durable::FsSync;
 
