@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::contract::Gap;
 use crate::event::{Event, NewEvent};
 
-pub(crate) use command::Command;
+use command::Command;
 pub use command::{Appended, COMMAND_QUEUE};
 pub use config::OutboxConfig;
 pub use error::OutboxError;

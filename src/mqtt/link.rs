@@ -74,7 +74,7 @@ pub enum MqttError {
     Closed(String),
     /// A request could not be queued to the connection's driver, which has stopped.
     #[error("MQTT connection closed: request not sent")]
-    Request(#[from] rumqttc::v5::ClientError),
+    Request(#[source] Box<rumqttc::v5::ClientError>),
     /// A JSON-RPC message could not be encoded; nothing was sent.
     #[error("encoding a JSON-RPC message")]
     Encode(#[from] serde_json::Error),
@@ -296,7 +296,7 @@ impl Link {
             .client
             .subscribe_many(request)
             .await
-            .map_err(MqttError::Request)?;
+            .map_err(|e| MqttError::Request(Box::new(e)))?;
         let codes = tokio::select! {
             r = tokio::time::timeout(timeout, rx) => r
                 .map_err(|_| MqttError::SubscribeTimeout(timeout))?
@@ -404,7 +404,10 @@ impl Acker {
     /// persistent session it redelivers the publish on the next connect.
     /// The connection is closed.
     pub async fn ack(&self, publish: &Publish) -> Result<(), MqttError> {
-        self.client.ack(publish).await.map_err(MqttError::Request)
+        self.client
+            .ack(publish)
+            .await
+            .map_err(|e| MqttError::Request(Box::new(e)))
     }
 
     /// Sends DISCONNECT (no will) after every request queued before it; the driver then stops
@@ -413,7 +416,10 @@ impl Acker {
     /// # Errors
     /// The connection is closed.
     pub async fn disconnect(&self) -> Result<(), MqttError> {
-        self.client.disconnect().await.map_err(MqttError::Request)
+        self.client
+            .disconnect()
+            .await
+            .map_err(|e| MqttError::Request(Box::new(e)))
     }
 }
 
@@ -442,7 +448,7 @@ impl Publisher {
         self.client
             .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload.into(), props)
             .await
-            .map_err(MqttError::Request)
+            .map_err(|e| MqttError::Request(Box::new(e)))
     }
 }
 

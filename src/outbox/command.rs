@@ -17,7 +17,7 @@ pub struct Appended {
 }
 
 /// A request to the writer, with the channel of its answer.
-pub(crate) enum Command {
+pub(super) enum Command {
     Append {
         events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<Appended, OutboxError>>,

@@ -5,16 +5,16 @@
 use uuid::Uuid;
 
 /// Prefix of chunk keys (`c` + first seq + piece, see [`super::chunk`]).
-pub(crate) const CHUNK: u8 = b'c';
+pub(super) const CHUNK: u8 = b'c';
 /// Prefix of the id index (`i` + id → seq ++ digest).
-pub(crate) const ID: u8 = b'i';
+pub(super) const ID: u8 = b'i';
 /// Prefix of the by-seq id index (`s` + seq → id).
-pub(crate) const ID_BY_SEQ: u8 = b's';
+pub(super) const ID_BY_SEQ: u8 = b's';
 /// Prefix of meta values (`m` + name).
-pub(crate) const META: u8 = b'm';
+pub(super) const META: u8 = b'm';
 
 /// `i` + the id's 16 bytes.
-pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
+pub(super) fn id_key(id: &Uuid) -> [u8; 17] {
     let mut k = [ID; 17];
     k[1..].copy_from_slice(id.as_bytes());
     k
@@ -22,7 +22,7 @@ pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
 
 /// An id index value: the seq, then a digest of the submitted event ([`crate::event::NewEvent::digest`]) so
 /// that a repeated id with another payload is told apart. Layout-1 entries hold the seq only.
-pub(crate) fn index_value(seq: u64, digest: u64) -> [u8; 16] {
+pub(super) fn index_value(seq: u64, digest: u64) -> [u8; 16] {
     let mut v = [0; 16];
     v[..8].copy_from_slice(&seq.to_be_bytes());
     v[8..].copy_from_slice(&digest.to_be_bytes());
@@ -30,30 +30,30 @@ pub(crate) fn index_value(seq: u64, digest: u64) -> [u8; 16] {
 }
 
 /// The seq of an id index value.
-pub(crate) fn index_seq(value: &[u8]) -> Option<u64> {
+pub(super) fn index_seq(value: &[u8]) -> Option<u64> {
     be_u64(value.get(..8)?)
 }
 
 /// The payload digest of an id index value (`None` for a layout-1 entry).
-pub(crate) fn index_digest(value: &[u8]) -> Option<u64> {
+pub(super) fn index_digest(value: &[u8]) -> Option<u64> {
     be_u64(value.get(8..16)?)
 }
 
 /// `s` + seq.
-pub(crate) fn id_by_seq_key(seq: u64) -> [u8; 9] {
+pub(super) fn id_by_seq_key(seq: u64) -> [u8; 9] {
     let mut k = [ID_BY_SEQ; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
 /// `m` + name.
-pub(crate) fn meta_key(name: &str) -> Vec<u8> {
+pub(super) fn meta_key(name: &str) -> Vec<u8> {
     let mut k = vec![META];
     k.extend_from_slice(name.as_bytes());
     k
 }
 
 /// A big-endian u64 of exactly 8 bytes; `None` for any other length.
-pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
+pub(super) fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
