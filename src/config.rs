@@ -1,6 +1,5 @@
 //! TOML configuration (docs/DESIGN.md §12): every key has a default, unknown keys are refused, `validate()`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,9 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::DEFAULT_MAX_EVENT_BYTES;
-use validate::toml_error;
 
+pub mod secret;
 mod validate;
+
+pub use secret::Secret;
 
 /// Whole daemon configuration; `Config::default()` is what `edge-relay run` uses with no file.
 #[derive(Debug, Clone, Deserialize)]
@@ -217,35 +218,6 @@ pub struct RelayConfig {
     pub request_timeout_ms: u64,
 }
 
-/// A secret read from a file; `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Reads the file, trimming surrounding whitespace.
-    ///
-    /// # Errors
-    /// The file cannot be read or is empty.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading secret {}: {e}", path.display()))?;
-        let text = text.trim();
-        anyhow::ensure!(!text.is_empty(), "secret file {} is empty", path.display());
-        Ok(Self(text.to_owned()))
-    }
-
-    /// The secret itself; call only where it goes on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -394,6 +366,28 @@ impl RelayConfig {
     }
 }
 
+/// A TOML error on one line: `line L, column C (that line's text): message` (toml's own
+/// Display takes six lines with a snippet).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let Some(span) = e.span() else {
+        return message.to_owned();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.len() - line_start + 1;
+    let source: String = text[line_start..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(80)
+        .collect();
+    format!("line {line}, column {column} ({source}): {message}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,15 +435,5 @@ mod tests {
         }
         let err = Config::from_toml("[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("upstream.url"), "{err:#}");
-    }
-
-    #[test]
-    fn secret_is_masked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "s3cret\n").unwrap();
-        let s = Secret::from_file(&path).unwrap();
-        assert_eq!(s.expose(), "s3cret");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
     }
 }

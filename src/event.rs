@@ -58,6 +58,8 @@ pub struct FieldError {
     pub field: &'static str,
     /// Human-readable reason.
     pub reason: String,
+    /// `data`'s encoded size, bytes, when that is what exceeded the cap; `None` otherwise.
+    pub oversize: Option<usize>,
 }
 
 impl FieldError {
@@ -65,6 +67,7 @@ impl FieldError {
         Self {
             field,
             reason: reason.into(),
+            oversize: None,
         }
     }
 }
@@ -110,14 +113,18 @@ impl NewEvent {
             return Err(FieldError {
                 field: if field == "seq" { "seq" } else { "(event)" },
                 reason,
+                oversize: None,
             });
         }
         let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(0);
         if size > max_event_bytes {
-            return Err(FieldError::new(
-                "data",
-                format!("{size} bytes encoded, limit is {max_event_bytes}"),
-            ));
+            return Err(FieldError {
+                oversize: Some(size),
+                ..FieldError::new(
+                    "data",
+                    format!("{size} bytes encoded, limit is {max_event_bytes}"),
+                )
+            });
         }
         Ok(Self {
             id,
@@ -193,28 +200,13 @@ pub fn now_rfc3339() -> String {
     )
 }
 
-/// Formats milliseconds since the Unix epoch as RFC 3339 UTC (proleptic Gregorian).
+/// Formats milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-11-21T05:00:00.015Z`); a time outside chrono's ±262,000 years as the epoch.
 pub fn rfc3339_from_unix_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days, H. Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    // Out of chrono's range (beyond ±262,000 years) only by a broken clock: the epoch then.
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
 //! - [`inspect`]: `edge-relay inspect`, an offline look at a data dir.
 //! - [`relay`]: the delivery loop, reconnect and backoff.
+//! - [`reconnect`]: the one reconnect pacing (capped jittered backoff, its log line, its sleep).
 //! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
 //! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
 //! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
@@ -51,6 +52,7 @@ pub mod ingest;
 pub mod logging;
 pub mod mqtt;
 pub mod outbox;
+pub mod reconnect;
 pub mod redact;
 pub mod relay;
 pub mod shutdown;

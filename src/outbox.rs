@@ -16,7 +16,12 @@
 //! migrated at open (`recovery`).
 
 pub mod chunk;
+mod command;
+mod config;
+mod error;
+mod keys;
 mod recovery;
+mod stats;
 mod store;
 mod writer;
 
@@ -24,160 +29,16 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
-use crate::config::Overflow;
 use crate::contract::Gap;
 use crate::event::{Event, NewEvent};
 
+use command::Command;
+pub use command::{Appended, COMMAND_QUEUE};
+pub use config::OutboxConfig;
+pub use error::OutboxError;
+pub use stats::OutboxStats;
 pub use writer::Writer;
-
-/// Bound of the writer's command queue; producers wait (backpressure) when it is full.
-pub const COMMAND_QUEUE: usize = 1024;
-
-/// Outbox settings, from `[buffer]`.
-#[derive(Debug, Clone)]
-pub struct OutboxConfig {
-    /// Cap on buffered event bytes (keys + encoded values).
-    pub max_bytes: u64,
-    /// What happens when `max_bytes` would be exceeded.
-    pub overflow: Overflow,
-    /// sled page-cache cap, bytes.
-    pub cache_bytes: u64,
-    /// Delivered events whose ids are still remembered for idempotency.
-    pub id_retention: u64,
-    /// Free bytes kept on the data dir's filesystem; appends are refused below it.
-    pub min_free_bytes: u64,
-}
-
-impl From<&crate::config::BufferConfig> for OutboxConfig {
-    fn from(b: &crate::config::BufferConfig) -> Self {
-        Self {
-            max_bytes: b.max_bytes,
-            overflow: b.overflow,
-            cache_bytes: b.cache_bytes,
-            id_retention: b.id_retention,
-            min_free_bytes: b.min_free_bytes,
-        }
-    }
-}
-
-/// Outbox failures. `Full` and `DiskFull` map to HTTP 507, `Closed` and `Storage` to 503.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum OutboxError {
-    /// `overflow = "reject"` and the events do not fit, or one request alone exceeds `max_bytes`.
-    #[error("buffer full: {needed} more bytes do not fit ({used} of {max} bytes used)")]
-    Full {
-        /// Bytes the request needed.
-        needed: u64,
-        /// Bytes buffered now.
-        used: u64,
-        /// `buffer.max_bytes`.
-        max: u64,
-    },
-    /// The data dir's filesystem has less than `buffer.min_free_bytes` free, or ran out of
-    /// space during the write; nothing of the request was acknowledged. Acks and deletes go
-    /// on, so space comes back as the upstream acknowledges.
-    #[error(
-        "disk full: {free} bytes free on the data dir's filesystem, {min_free} are kept free \
-         for acks and deletes (buffer.min_free_bytes); retry later"
-    )]
-    DiskFull {
-        /// Bytes available, from statvfs.
-        free: u64,
-        /// `buffer.min_free_bytes`.
-        min_free: u64,
-    },
-    /// The daemon is shutting down; nothing of the request was stored.
-    #[error("outbox is shutting down")]
-    Closed,
-    /// The store failed with an I/O error and is being reopened; retry shortly.
-    #[error("outbox store is being reopened after an I/O error: {0}")]
-    Reopening(String),
-    /// sled or the disk failed (e.g. no space left); the request may be partly stored but was not
-    /// acknowledged. Producers retrying with the same `id` get the original `seq`.
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
-    /// A producer-supplied `id` was stored before with another payload (HTTP 409); nothing of
-    /// the request was stored.
-    #[error("event {index}: id {id} was accepted before as seq {seq} with a different payload")]
-    IdConflict {
-        /// Position of the event in the request.
-        index: usize,
-        /// The reused id.
-        id: Uuid,
-        /// The seq it was stored under.
-        seq: u64,
-    },
-    /// The store holds bytes this version cannot read.
-    #[error("corrupt outbox record at seq {seq}: {reason}")]
-    Corrupt {
-        /// Seq of the record.
-        seq: u64,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-impl OutboxError {
-    /// Whether the store itself cannot be opened (damage, a layout this build cannot read), so
-    /// that it is moved aside ([`crate::aside`]); a held lock or a permission error is not.
-    pub fn is_unopenable(&self) -> bool {
-        match self {
-            Self::Storage(e) => crate::durable::is_unopenable(e),
-            Self::Corrupt { .. } => true,
-            Self::Full { .. }
-            | Self::DiskFull { .. }
-            | Self::IdConflict { .. }
-            | Self::Closed
-            | Self::Reopening(_) => false,
-        }
-    }
-}
-
-/// Answer to a committed append: seqs and ids in request order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Appended {
-    /// `(seq, id)` per submitted event; a repeated `id` yields its original seq.
-    pub assigned: Vec<(u64, Uuid)>,
-}
-
-/// Counters of the outbox as of the last fsync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct OutboxStats {
-    /// This store's stream UUID.
-    pub stream: Uuid,
-    /// Next seq to assign; everything below it is durable.
-    pub next_seq: u64,
-    /// Highest seq the upstream acknowledged (0: none).
-    pub acked_seq: u64,
-    /// Events stored and not yet acknowledged or dropped.
-    pub backlog_events: u64,
-    /// Their bytes (keys + encoded values).
-    pub backlog_bytes: u64,
-    /// Events deleted by `drop_oldest` since the store was created.
-    pub dropped_events: u64,
-    /// Highest seq ever sent upstream (0: none), recorded durably before it is sent: no ack or
-    /// cursor can delete past it (docs/DESIGN.md §8). Stores of layout 1 start with
-    /// `next_seq - 1` (what they sent is unknown).
-    pub sent_seq: u64,
-}
-
-pub(crate) enum Command {
-    Append {
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Appended, OutboxError>>,
-    },
-    Ack {
-        upto: u64,
-        reply: oneshot::Sender<Result<(), OutboxError>>,
-    },
-    Progress {
-        acked: Option<u64>,
-        sent: u64,
-        reply: oneshot::Sender<Result<(), OutboxError>>,
-    },
-}
 
 /// Cheap, cloneable handle to the outbox: appends and acks go to the writer, reads go to sled.
 #[derive(Clone)]
@@ -186,52 +47,6 @@ pub struct Outbox {
     tree: Arc<RwLock<Option<sled::Tree>>>,
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<OutboxStats>,
-}
-
-pub(crate) const CHUNK: u8 = b'c';
-pub(crate) const ID: u8 = b'i';
-pub(crate) const ID_BY_SEQ: u8 = b's';
-pub(crate) const META: u8 = b'm';
-
-pub(crate) fn id_key(id: &Uuid) -> [u8; 17] {
-    let mut k = [ID; 17];
-    k[1..].copy_from_slice(id.as_bytes());
-    k
-}
-
-/// An id index value: the seq, then a digest of the submitted event ([`NewEvent::digest`]) so
-/// that a repeated id with another payload is told apart. Layout-1 entries hold the seq only.
-pub(crate) fn index_value(seq: u64, digest: u64) -> [u8; 16] {
-    let mut v = [0; 16];
-    v[..8].copy_from_slice(&seq.to_be_bytes());
-    v[8..].copy_from_slice(&digest.to_be_bytes());
-    v
-}
-
-/// The seq of an id index value.
-pub(crate) fn index_seq(value: &[u8]) -> Option<u64> {
-    decode_u64(value.get(..8)?)
-}
-
-/// The payload digest of an id index value (`None` for a layout-1 entry).
-pub(crate) fn index_digest(value: &[u8]) -> Option<u64> {
-    decode_u64(value.get(8..16)?)
-}
-
-pub(crate) fn id_by_seq_key(seq: u64) -> [u8; 9] {
-    let mut k = [ID_BY_SEQ; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub(crate) fn meta_key(name: &str) -> Vec<u8> {
-    let mut k = vec![META];
-    k.extend_from_slice(name.as_bytes());
-    k
-}
-
-pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 impl Outbox {
@@ -243,9 +58,6 @@ impl Outbox {
     /// # Errors
     /// sled cannot open the directory (permissions, lock held by another process, corruption).
     pub fn open(dir: &Path, config: OutboxConfig) -> Result<(Outbox, Writer), OutboxError> {
-        // sled's own `flush` is not a real fsync on Linux: every group commit ends in
-        // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
-        // reads it.
         let (store, stats) = store::Store::open(dir, config.cache_bytes)?;
         let tree = Arc::new(RwLock::new(Some(store.tree.clone())));
         let (stats_tx, stats_rx) = watch::channel(stats);
@@ -320,7 +132,7 @@ impl Outbox {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| OutboxError::Reopening("reads resume once it is open".into()))
+            .ok_or_else(|| OutboxError::Reopening(None))
     }
 
     /// Counters as of the last fsync.

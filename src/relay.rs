@@ -5,7 +5,6 @@
 //! how a lost answer is handled: the upstream's cursor says what it stored, and the relay
 //! resends from the event after it (same seqs, new JSON-RPC id).
 
-pub mod backoff;
 pub mod window;
 
 use std::sync::Arc;
@@ -21,10 +20,10 @@ use crate::config::RelayConfig;
 use crate::contract::{CursorArgs, EVENTS_ZSTD, IngestBatch};
 use crate::heartbeat::Heartbeat;
 use crate::outbox::{Delivery, Outbox, OutboxError};
+use crate::reconnect::{Pace, Reconnect};
 use crate::status::{StatusBoard, UpstreamState};
 use crate::uplink::diagnose::Diagnosis;
 use crate::uplink::{CLOSE_TIMEOUT, Connector, Session, SessionConfig, UplinkError};
-use backoff::Backoff;
 use window::Window;
 
 /// Longest an in-flight exchange (the `edge_cursor` or `edge_ingest` call) may run on after
@@ -107,11 +106,15 @@ impl Relay {
     /// Delivers until `shutdown`. On shutdown an in-flight batch finishes (bounded by the
     /// request timeout), the session is closed, and the function returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(
+        let upstream = self.connector.describe();
+        let mut reconnect = Reconnect::new(
+            module_path!(),
             Duration::from_millis(self.config.backoff_initial_ms),
             Duration::from_millis(self.config.backoff_max_ms),
-        );
-        let upstream = self.connector.describe();
+        )
+        .field("gateway", self.gateway.as_str())
+        .field("upstream", upstream.as_str())
+        .heartbeat(self.heartbeat.clone());
         let mut previous_expired = false;
         let mut diagnosed: DiagnosisCache = None;
         while !shutdown.is_cancelled() {
@@ -153,35 +156,30 @@ impl Relay {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            backoff.connection_lasted(started.elapsed());
             let expired = matches!(err, RelayError::Uplink(UplinkError::SessionExpired(_)));
             if expired {
                 self.status.session_expired();
             }
             // An expired session is renewed at once, but only once in a row: a server that
             // forgets every new session must not turn this into a hot loop.
-            let delay = if expired && !previous_expired {
-                Duration::ZERO
-            } else {
-                backoff.next_delay(rand::random::<f64>())
-            };
             let asked = match &err {
                 RelayError::Uplink(e) => e.retry_after(),
                 _ => None,
             };
-            let delay = honour_retry_after(
-                delay,
-                asked,
-                Duration::from_millis(self.config.backoff_max_ms),
-            );
+            let pace = match asked {
+                _ if expired && !previous_expired => Pace::Now,
+                Some(asked) => Pace::AtLeast(asked),
+                None => Pace::Backoff,
+            };
             previous_expired = expired;
             self.status
                 .set_upstream(UpstreamState::Down, Some(format!("{err:#}")));
-            log::warn!(gateway = self.gateway.as_str(), upstream = upstream.as_str(), error:% = err;
-                "{err:#}; retry in {delay:?}");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.heartbeat.sleep(delay) => {}
+            if reconnect
+                .retry(&err, started.elapsed(), pace, &shutdown)
+                .await
+                .is_none()
+            {
+                break;
             }
         }
         self.status.set_upstream(UpstreamState::Down, None);
@@ -362,34 +360,8 @@ fn is_refusal(e: &UplinkError) -> bool {
     )
 }
 
-/// The reconnect delay: the backoff's `delay`, or longer when the upstream asked for it
-/// (`Retry-After` on a 429 or 503, RFC 9110 §10.2.3), but never past `max` (`backoff_max_ms`).
-fn honour_retry_after(delay: Duration, asked: Option<Duration>, max: Duration) -> Duration {
-    asked.map_or(delay, |asked| delay.max(asked.min(max)))
-}
-
 /// Resolves `grace` after `shutdown` was cancelled.
 async fn abandon_after(shutdown: &CancellationToken, grace: Duration) {
     shutdown.cancelled().await;
     tokio::time::sleep(grace).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_lengthens_the_delay_within_the_cap() {
-        let (ms, max) = (Duration::from_millis, Duration::from_secs(30));
-        assert_eq!(honour_retry_after(ms(200), None, max), ms(200));
-        assert_eq!(honour_retry_after(ms(200), Some(ms(5_000)), max), ms(5_000));
-        assert_eq!(
-            honour_retry_after(ms(200), Some(Duration::from_secs(3600)), max),
-            max
-        );
-        assert_eq!(
-            honour_retry_after(ms(9_000), Some(ms(1_000)), max),
-            ms(9_000)
-        );
-    }
 }

@@ -187,28 +187,6 @@ impl Config {
     }
 }
 
-/// A TOML error on one line: `line L, column C (that line's text): message` (toml's own
-/// Display takes six lines with a snippet).
-pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim();
-    let Some(span) = e.span() else {
-        return message.to_owned();
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before.len() - line_start + 1;
-    let source: String = text[line_start..]
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .chars()
-        .take(80)
-        .collect();
-    format!("line {line}, column {column} ({source}): {message}")
-}
-
 /// What is wrong with the TLS table of `section` (`upstream`, `ingest.mqtt`) for `url`: half a
 /// client certificate, no root to trust, a table that a plain-text URL would ignore.
 fn tls_problems(section: &str, url: &str, tls: &TlsConfig) -> Vec<String> {

@@ -7,7 +7,7 @@
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 
-use crate::config::Secret;
+use crate::config::secret::Secret;
 
 /// Media types `POST /v1/events` accepts (parameters such as `charset` are ignored).
 pub const ACCEPTED_TYPES: [&str; 2] = ["application/json", "application/x-ndjson"];

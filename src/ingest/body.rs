@@ -47,6 +47,14 @@ pub enum BodyError {
         /// The shared id.
         id: uuid::Uuid,
     },
+    /// An event whose encoded `data` exceeds the cap (`ingest.http.max_event_bytes`; HTTP 413).
+    #[error("event {index}: {source}")]
+    TooLarge {
+        /// 0-based event index.
+        index: usize,
+        /// The `data` field and its size against the cap.
+        source: crate::event::FieldError,
+    },
     /// More than [`MAX_EVENTS_PER_REQUEST`] events.
     #[error("too many events in one request: more than {MAX_EVENTS_PER_REQUEST}")]
     TooMany,
@@ -57,15 +65,17 @@ impl BodyError {
     pub fn location(&self) -> (Option<usize>, Option<&'static str>) {
         match self {
             Self::Malformed { index, .. } => (Some(*index), None),
-            Self::Invalid { index, source } => (Some(*index), Some(source.field)),
+            Self::Invalid { index, source } | Self::TooLarge { index, source } => {
+                (Some(*index), Some(source.field))
+            }
             Self::IdConflict { index, .. } => (Some(*index), Some("id")),
             _ => (None, None),
         }
     }
 
-    /// True when the event's `data` exceeded the size limit (answered with 413).
+    /// True when the body or an event is too large (answered with 413).
     pub fn is_oversize(&self) -> bool {
-        matches!(self, Self::Invalid { source, .. } if source.field == "data" && source.reason.contains("limit"))
+        matches!(self, Self::TooLarge { .. } | Self::TooMany)
     }
 }
 
@@ -113,11 +123,14 @@ fn parse_event(index: usize, raw: &[u8], max_event_bytes: usize) -> Result<NewEv
                 "number {number} cannot be kept exactly (integers must fit 64 bits, decimals \
                  an f64); send it as a string"
             ),
+            oversize: None,
         };
         return Err(BodyError::Invalid { index, source });
     }
-    NewEvent::from_json(value, max_event_bytes)
-        .map_err(|source| BodyError::Invalid { index, source })
+    NewEvent::from_json(value, max_event_bytes).map_err(|source| match source.oversize {
+        Some(_) => BodyError::TooLarge { index, source },
+        None => BodyError::Invalid { index, source },
+    })
 }
 
 /// The top-level field of the event `raw` holding an inexact number (error path only).

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::admit::{Refusal, admit};
 use super::body::{BodyError, parse_events};
 use super::receive::{BodyBudget, ReceiveError};
-use crate::config::{HttpIngestConfig, Secret};
+use crate::config::HttpIngestConfig;
+use crate::config::secret::Secret;
 use crate::http_serve::Listener;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
@@ -162,8 +163,9 @@ impl IngestHttp {
             Ok(events) => events,
             Err(e) => {
                 let status = match &e {
-                    e if e.is_oversize() => StatusCode::PAYLOAD_TOO_LARGE,
-                    BodyError::TooMany => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::TooLarge { .. } | BodyError::TooMany => {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    }
                     BodyError::IdConflict { .. } => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };

@@ -30,6 +30,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use futures::FutureExt;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish, RetainForwardRule};
@@ -38,11 +40,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{MqttIngestConfig, Secret};
+use crate::config::MqttIngestConfig;
+use crate::config::secret::Secret;
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, MAX_SOURCE_LEN, NewEvent};
 use crate::mqtt::link::{Acker, Link, LinkOptions, MqttError};
 use crate::outbox::{Outbox, OutboxError};
-use crate::relay::backoff::Backoff;
+use crate::reconnect::{Backoff, Pace, Reconnect};
 use crate::tls::ClientTls;
 
 /// `kind` of an event made from an MQTT message.
@@ -116,20 +119,22 @@ impl IngestMqtt {
     /// Ingests until `shutdown`, reconnecting with capped, jittered backoff. On shutdown an
     /// append in progress finishes and is acked, then the session ends with DISCONNECT.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+        let mut reconnect = Reconnect::new(module_path!(), RECONNECT_INITIAL, RECONNECT_MAX)
+            .field("broker", self.url.as_str())
+            .field("client_id", self.client_id.as_str());
         while !shutdown.is_cancelled() {
             let mut connected_at = None;
             let err = match self.session(&shutdown, &mut connected_at).await {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            backoff.connection_lasted(connected_at.map_or(Duration::ZERO, |t| t.elapsed()));
-            let delay = backoff.next_delay(rand::random::<f64>());
-            log::warn!(broker = self.url.as_str(), client_id = self.client_id.as_str();
-                "{err:#}; retry in {delay:?}");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
+            let healthy_for = connected_at.map_or(Duration::ZERO, |t| t.elapsed());
+            if reconnect
+                .retry(&err, healthy_for, Pace::Backoff, &shutdown)
+                .await
+                .is_none()
+            {
+                break;
             }
         }
         log::info!("mqtt ingest stopped");
@@ -373,26 +378,8 @@ fn payload_data(payload: &[u8]) -> Value {
     }
     match std::str::from_utf8(payload) {
         Ok(text) => Value::String(text.to_owned()),
-        Err(_) => json!({"encoding": "base64", "base64": base64(payload)}),
+        Err(_) => json!({"encoding": "base64", "base64": STANDARD.encode(payload)}),
     }
-}
-
-/// Standard base64 (RFC 4648 §4) with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.

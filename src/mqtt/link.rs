@@ -20,7 +20,7 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::tls::ClientTls;
 
 /// Largest MQTT packet we accept and advertise in CONNECT (rumqttc's default is 10 KiB).
@@ -48,9 +48,16 @@ pub enum MqttError {
     /// No CONNACK within the timeout.
     #[error("timed out after {0:?} waiting for CONNACK")]
     ConnectTimeout(Duration),
-    /// TCP, protocol or refusal while connecting.
-    #[error("connecting to the broker: {0}")]
-    Connect(String),
+    /// TCP, TLS, protocol or refusal while connecting; `reason` explains a TLS failure in words
+    /// when it can, else is the source's own message.
+    #[error("connecting to the broker: {reason}")]
+    Connect {
+        /// What went wrong, in words.
+        reason: String,
+        /// rumqttc's error.
+        #[source]
+        source: rumqttc::v5::ConnectionError,
+    },
     /// The broker refused a subscription.
     #[error("subscription to {filter} refused: {reason}")]
     SubscribeRefused {
@@ -62,9 +69,15 @@ pub enum MqttError {
     /// No SUBACK within the timeout.
     #[error("timed out after {0:?} waiting for SUBACK")]
     SubscribeTimeout(Duration),
-    /// The connection is gone.
+    /// The connection is gone (the reason its driver recorded).
     #[error("MQTT connection closed: {0}")]
     Closed(String),
+    /// A request could not be queued to the connection's driver, which has stopped.
+    #[error("MQTT connection closed: request not sent")]
+    Request(#[source] Box<rumqttc::v5::ClientError>),
+    /// A JSON-RPC message could not be encoded; nothing was sent.
+    #[error("encoding a JSON-RPC message")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// How to open a link.
@@ -85,7 +98,7 @@ pub struct LinkOptions {
     pub will: Option<(String, Vec<u8>, bool)>,
     /// Password (username = client id) for brokers that require one.
     pub password: Option<Secret>,
-    /// Acknowledge received QoS 1 publishes only through [`Link::ack`].
+    /// Acknowledge received QoS 1 publishes only through an [`Acker`] ([`Link::acker`]).
     pub manual_acks: bool,
     /// `None`: clean start, session expiry 0 (MCP over MQTT requires it). `Some(secs)`: resume
     /// the broker session and keep it `secs` after a disconnect, so unacknowledged QoS 1
@@ -100,7 +113,8 @@ type Waiters = Arc<
     )>,
 >;
 
-/// A live MQTT 5 connection (session expiry 0, clean start).
+/// A live MQTT 5 connection: a clean start with session expiry 0, or a resumed persistent
+/// session ([`LinkOptions::persistent_session`]).
 pub struct Link {
     publisher: Publisher,
     /// CONNACK user properties the broker sent (`MCP-SERVER-NAME`, ...).
@@ -282,7 +296,7 @@ impl Link {
             .client
             .subscribe_many(request)
             .await
-            .map_err(|e| MqttError::Closed(e.to_string()))?;
+            .map_err(|e| MqttError::Request(Box::new(e)))?;
         let codes = tokio::select! {
             r = tokio::time::timeout(timeout, rx) => r
                 .map_err(|_| MqttError::SubscribeTimeout(timeout))?
@@ -337,19 +351,6 @@ impl Link {
         std::mem::replace(&mut self.incoming, mpsc::channel(1).1)
     }
 
-    /// Sends the PUBACK of a publish received with manual acks.
-    ///
-    /// # Errors
-    /// The connection is closed: with session expiry 0 the broker redelivers nothing, with a
-    /// persistent session it redelivers the publish on the next connect.
-    pub async fn ack(&self, publish: &Publish) -> Result<(), MqttError> {
-        self.publisher
-            .client
-            .ack(publish)
-            .await
-            .map_err(|e| MqttError::Closed(e.to_string()))
-    }
-
     /// Resolves when the connection is gone.
     pub async fn closed(&self) {
         self.closed.cancelled().await;
@@ -366,9 +367,9 @@ impl Link {
         )
     }
 
-    /// A cloneable handle for a task that sends PUBACKs while the owner keeps calling `recv`.
-    /// [`Link::ack`] from the owner can deadlock: it waits on a full request channel while the
-    /// driver, which drains that channel, waits on a full incoming queue.
+    /// A cloneable handle for a task that sends PUBACKs while the owner keeps calling `recv`
+    /// (acking from the owner's own loop could wait on a full request channel while the
+    /// driver, which drains that channel, waits on a full incoming queue).
     pub fn acker(&self) -> Acker {
         Acker {
             client: self.publisher.client.clone(),
@@ -383,7 +384,7 @@ impl Link {
     /// Sends DISCONNECT (no will) and stops the driver.
     pub async fn disconnect(self) {
         let _ = self.publisher.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.closed.cancelled()).await;
+        let _ = tokio::time::timeout(DISCONNECT_LINGER, self.closed.cancelled()).await;
         self.closed.cancel();
     }
 }
@@ -395,15 +396,18 @@ pub struct Acker {
 }
 
 impl Acker {
-    /// As [`Link::ack`]: waits while rumqttc's request channel is full.
+    /// Sends the PUBACK of a publish received with manual acks; waits while rumqttc's request
+    /// channel is full.
     ///
     /// # Errors
+    /// The connection is closed: with session expiry 0 the broker redelivers nothing, with a
+    /// persistent session it redelivers the publish on the next connect.
     /// The connection is closed.
     pub async fn ack(&self, publish: &Publish) -> Result<(), MqttError> {
         self.client
             .ack(publish)
             .await
-            .map_err(|e| MqttError::Closed(e.to_string()))
+            .map_err(|e| MqttError::Request(Box::new(e)))
     }
 
     /// Sends DISCONNECT (no will) after every request queued before it; the driver then stops
@@ -415,7 +419,7 @@ impl Acker {
         self.client
             .disconnect()
             .await
-            .map_err(|e| MqttError::Closed(e.to_string()))
+            .map_err(|e| MqttError::Request(Box::new(e)))
     }
 }
 
@@ -444,7 +448,7 @@ impl Publisher {
         self.client
             .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload.into(), props)
             .await
-            .map_err(|e| MqttError::Closed(e.to_string()))
+            .map_err(|e| MqttError::Request(Box::new(e)))
     }
 }
 
@@ -463,9 +467,10 @@ async fn wait_connack(
             Ok(_) => continue,
             Err(e) => {
                 let explained = tls.and_then(|t| t.explain_chain(&e));
-                return Err(MqttError::Connect(
-                    explained.unwrap_or_else(|| e.to_string()),
-                ));
+                return Err(MqttError::Connect {
+                    reason: explained.unwrap_or_else(|| e.to_string()),
+                    source: e,
+                });
             }
         }
     }

@@ -119,8 +119,7 @@ impl<R: ServiceRole> Transport<R> for MqttTransport<R> {
         let rpc = self.rpc_topic.clone();
         let control = self.control_topic.clone();
         async move {
-            let payload = serde_json::to_vec(&item)
-                .map_err(|e| MqttError::Closed(format!("encoding a JSON-RPC message: {e}")))?;
+            let payload = serde_json::to_vec(&item).map_err(MqttError::Encode)?;
             let topic = match control {
                 Some(control) if opens_session(&payload) => control,
                 _ => rpc,

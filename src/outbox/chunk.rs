@@ -20,7 +20,7 @@
 //! Keys: `c` + first seq (u64 BE) + piece number (u16 BE), so a key range walks chunks in seq
 //! order and each chunk's pieces in order.
 
-use super::{CHUNK, decode_u64};
+use super::keys::{CHUNK, be_u64};
 
 /// Largest sled value a chunk piece occupies, bytes: at most [`crate::durable::MAX_VALUE_BYTES`]
 /// (see the module docs for the blob bound), and 1 KiB for memory. sled 0.34's page cache has
@@ -57,7 +57,7 @@ pub fn key(first_seq: u64, piece: u16) -> [u8; KEY_BYTES] {
 
 /// First seq of the chunk a piece key belongs to.
 pub fn first_seq_of(key: &[u8]) -> Option<u64> {
-    decode_u64(key.get(1..9)?)
+    be_u64(key.get(1..9)?)
 }
 
 /// Events being gathered into one chunk during a group commit.

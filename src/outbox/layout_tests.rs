@@ -6,6 +6,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::keys::{CHUNK, ID, ID_BY_SEQ, be_u64, id_by_seq_key, id_key, meta_key};
 use super::*;
 use crate::config::Overflow;
 use crate::event::NewEvent;
@@ -276,7 +277,7 @@ async fn a_layout_1_store_is_migrated_at_open() {
     let stats_bytes = tree
         .get(meta_key("backlog_bytes"))
         .unwrap()
-        .and_then(|v| decode_u64(&v))
+        .and_then(|v| be_u64(&v))
         .unwrap();
     assert!(stats_bytes > 0 && stats_bytes != 999);
 }
@@ -355,7 +356,7 @@ async fn a_layout_2_store_of_plain_chunks_reads_unchanged_and_a_newer_layout_is_
     let layout = tree
         .get(meta_key("layout"))
         .unwrap()
-        .and_then(|v| decode_u64(&v));
+        .and_then(|v| be_u64(&v));
     assert_eq!(layout, Some(3));
     tree.insert(meta_key("layout"), &4u64.to_be_bytes())
         .unwrap();

@@ -4,7 +4,9 @@
 use uuid::Uuid;
 
 use super::chunk::{self, Builder};
-use super::{ID, OutboxError, OutboxStats, decode_u64, id_by_seq_key, id_key, index_seq, meta_key};
+use super::error::OutboxError;
+use super::keys::{be_u64, id_by_seq_key, id_key, index_seq, meta_key};
+use super::stats::OutboxStats;
 
 /// Layout number written at `m` + `layout`: 3 = chunks, plain or zstd ([`chunk`]); 2 = plain
 /// chunks only (read as they are; the number is raised at open); stores without it are of
@@ -29,7 +31,7 @@ const BATCH_KEYS: usize = 256;
 /// [`OutboxError::Storage`] from sled, or [`OutboxError::Corrupt`] for an unreadable stream id.
 pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError> {
     let get = |name: &str| -> Result<Option<u64>, OutboxError> {
-        Ok(tree.get(meta_key(name))?.and_then(|v| decode_u64(&v)))
+        Ok(tree.get(meta_key(name))?.and_then(|v| be_u64(&v)))
     };
     let Some(stream) = tree.get(meta_key("stream"))? else {
         return init(tree);
@@ -153,7 +155,7 @@ pub(super) fn forget_id(
 ) -> Result<(), OutboxError> {
     if let Ok(id) = Uuid::from_slice(id) {
         let indexed = tree.get(id_key(&id))?.and_then(|v| index_seq(&v));
-        if indexed == decode_u64(&key[1..]) {
+        if indexed == be_u64(&key[1..]) {
             batch.remove(&id_key(&id)[..]);
         }
     }
@@ -177,7 +179,7 @@ fn migrate_layout_1(tree: &sled::Tree, stats: &mut OutboxStats) -> Result<(), Ou
         let mut batch = sled::Batch::default();
         let mut builder: Option<Builder> = None;
         for (key, value) in &records {
-            let seq = decode_u64(&key[1..]).unwrap_or(0);
+            let seq = be_u64(&key[1..]).unwrap_or(0);
             batch.remove(key);
             if seq >= stats.next_seq {
                 continue; // past the durable end: an interrupted append, rolled back
@@ -212,11 +214,11 @@ fn migrate_layout_1(tree: &sled::Tree, stats: &mut OutboxStats) -> Result<(), Ou
         let (key, ids) = item?;
         let mut batch = sled::Batch::default();
         for id in ids.chunks_exact(16) {
-            if let Some(seq) = tree
-                .get([&[ID][..], id].concat())?
-                .and_then(|v| index_seq(&v))
-            {
-                batch.insert(&id_by_seq_key(seq)[..], id);
+            let Ok(id) = Uuid::from_slice(id) else {
+                continue;
+            };
+            if let Some(seq) = tree.get(id_key(&id))?.and_then(|v| index_seq(&v)) {
+                batch.insert(&id_by_seq_key(seq)[..], id.as_bytes());
             }
         }
         batch.remove(key);

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
+use super::error::OutboxError;
 use super::recovery::load_or_init;
-use super::{OutboxError, OutboxStats};
+use super::stats::OutboxStats;
 use crate::durable::FsSync;
 
 /// An open store: sled, its syncs, the outbox tree.

@@ -1,6 +1,8 @@
 use super::*;
+use crate::config::Overflow;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 fn config(max_bytes: u64, overflow: Overflow) -> OutboxConfig {
     OutboxConfig {

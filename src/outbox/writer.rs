@@ -23,12 +23,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::chunk::{self, Builder};
+use super::command::{Appended, Command};
+use super::config::OutboxConfig;
+use super::error::OutboxError;
+use super::keys::{id_by_seq_key, id_key, index_digest, index_seq, index_value};
 use super::recovery::{event_id, forget_id, put_counters, roll_back};
+use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
-use super::{
-    Appended, Command, OutboxConfig, OutboxError, OutboxStats, id_by_seq_key, id_key, index_digest,
-    index_seq, index_value,
-};
 use crate::config::Overflow;
 use crate::event::{NewEvent, now_rfc3339};
 use crate::heartbeat::Heartbeat;
@@ -217,7 +218,7 @@ impl Writer {
     fn store(&self) -> Result<&Store, OutboxError> {
         self.store
             .as_ref()
-            .ok_or_else(|| OutboxError::Reopening("the store is not open".into()))
+            .ok_or_else(|| OutboxError::Reopening(None))
     }
 
     fn tree(&self) -> Result<&sled::Tree, OutboxError> {
@@ -281,7 +282,7 @@ impl Writer {
             Err(full @ OutboxError::DiskFull { .. }) => full,
             _ => match self.out_of_space(error.clone()) {
                 full @ OutboxError::DiskFull { .. } => full,
-                other => OutboxError::Reopening(other.to_string()),
+                other => OutboxError::Reopening(Some(Box::new(other))),
             },
         }
     }

@@ -25,6 +25,9 @@ pub enum SinkError {
     /// A stored record does not decode; the data dir is damaged.
     #[error("corrupt sink record: {0}")]
     Corrupt(String),
+    /// A stored key or stream record does not decode; the data dir is damaged.
+    #[error("corrupt sink record")]
+    Key(#[from] crate::sink::keys::KeyError),
 }
 
 impl From<sled::transaction::TransactionError<std::convert::Infallible>> for SinkError {

@@ -3,7 +3,6 @@
 use uuid::Uuid;
 
 use crate::contract::Ack;
-use crate::sink::error::SinkError;
 
 // Design: three trees, written together by one sled transaction per ingest call:
 //   streams: stream uuid (16) ++ gateway (utf8) -> prefix u64 ++ mark u64 [++ acked id (16)]
@@ -19,14 +18,27 @@ pub(super) const NO_ACK: Ack = Ack {
     acked_id: None,
 };
 
+/// A key or record of this layout that does not decode: the data dir is damaged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} of {len} bytes does not decode")]
+pub struct KeyError {
+    /// What was being decoded, e.g. `stream key`, `gap end`.
+    pub what: &'static str,
+    /// Its length, bytes.
+    pub len: usize,
+}
+
 /// `streams` key of a (gateway, stream).
 pub(super) fn stream_key(gateway: &str, stream: Uuid) -> Vec<u8> {
     [stream.as_bytes(), gateway.as_bytes()].concat()
 }
 
 /// Inverse of [`stream_key`].
-pub(super) fn parse_stream_key(key: &[u8]) -> Result<(String, Uuid), SinkError> {
-    let corrupt = || SinkError::Corrupt(format!("stream key {key:?}"));
+pub(super) fn parse_stream_key(key: &[u8]) -> Result<(String, Uuid), KeyError> {
+    let corrupt = || KeyError {
+        what: "stream key",
+        len: key.len(),
+    };
     let stream = Uuid::from_slice(key.get(..16).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
     let gateway = String::from_utf8(key[16..].to_vec()).map_err(|_| corrupt())?;
     Ok((gateway, stream))
@@ -41,15 +53,16 @@ pub(super) fn seq_key(prefix: u64, seq: u64) -> [u8; 16] {
 }
 
 /// The seq half of a [`seq_key`].
-pub(super) fn key_seq(key: &[u8]) -> Result<u64, SinkError> {
+pub(super) fn key_seq(key: &[u8]) -> Result<u64, KeyError> {
     decode_u64(key.get(8..).unwrap_or_default(), "key seq")
 }
 
 /// A big-endian u64 of exactly 8 bytes; `what` names it in the error.
-pub(super) fn decode_u64(raw: &[u8], what: &str) -> Result<u64, SinkError> {
-    let bytes: [u8; 8] = raw
-        .try_into()
-        .map_err(|_| SinkError::Corrupt(format!("{what} of {} bytes", raw.len())))?;
+pub(super) fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64, KeyError> {
+    let bytes: [u8; 8] = raw.try_into().map_err(|_| KeyError {
+        what,
+        len: raw.len(),
+    })?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -72,8 +85,11 @@ impl StreamRecord {
     }
 
     /// Inverse of [`StreamRecord::encode`].
-    pub fn decode(raw: &[u8]) -> Result<Self, SinkError> {
-        let corrupt = || SinkError::Corrupt(format!("stream record of {} bytes", raw.len()));
+    pub fn decode(raw: &[u8]) -> Result<Self, KeyError> {
+        let corrupt = || KeyError {
+            what: "stream record",
+            len: raw.len(),
+        };
         let acked_id = match raw.len() {
             16 => None,
             32 => Some(Uuid::from_slice(&raw[16..]).map_err(|_| corrupt())?),

@@ -16,11 +16,11 @@ use uuid::Uuid;
 use super::backend::SinkBackend;
 use super::era::Eras;
 use super::server::SinkService;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
 use crate::mqtt::transport::{Inbox, MqttTransport, is_disconnected};
-use crate::relay::backoff::Backoff;
+use crate::reconnect::{Pace, Reconnect};
 use crate::tls::ClientTls;
 
 /// Timeout of CONNACK and SUBACK waits.
@@ -92,7 +92,9 @@ pub async fn serve_mqtt_tls(
         "bad server name {:?}: use a hierarchical name like edge/ingest",
         opts.server_name
     );
-    let mut backoff = Backoff::new(BACKOFF.0, opts.reconnect_max.max(BACKOFF.0));
+    let mut reconnect = Reconnect::new(module_path!(), BACKOFF.0, opts.reconnect_max)
+        .field("broker", opts.url.as_str())
+        .prefix("sink: ");
     let mut name = opts.server_name.clone();
     let service = SinkService::new(store).with_eras(eras);
     while !shutdown.is_cancelled() {
@@ -111,12 +113,12 @@ pub async fn serve_mqtt_tls(
             }
             Err(e) => e,
         };
-        backoff.connection_lasted(started.elapsed());
-        let delay = backoff.next_delay(rand::random::<f64>());
-        log::warn!(broker = opts.url.as_str(); "sink: {err:#}; retry in {delay:?}");
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
+        if reconnect
+            .retry(&err, started.elapsed(), Pace::Backoff, &shutdown)
+            .await
+            .is_none()
+        {
+            break;
         }
     }
     Ok(())

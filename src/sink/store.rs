@@ -219,12 +219,12 @@ impl SinkStore {
     /// Every known (gateway, stream), sorted.
     ///
     /// # Errors
-    /// [`SinkError::Storage`] or [`SinkError::Corrupt`].
+    /// [`SinkError::Storage`] or [`SinkError::Key`].
     pub fn streams(&self) -> Result<Vec<(String, Uuid)>, SinkError> {
         let mut out = self
             .streams
             .iter()
-            .map(|item| parse_stream_key(&item?.0))
+            .map(|item| Ok(parse_stream_key(&item?.0)?))
             .collect::<Result<Vec<_>, SinkError>>()?;
         out.sort();
         Ok(out)
@@ -265,6 +265,7 @@ impl SinkStore {
             .get(skey)?
             .map(|raw| StreamRecord::decode(&raw))
             .transpose()
+            .map_err(SinkError::from)
     }
 
     /// Adds `gap` to `batch`, minus what is at or below `mark` and minus the seqs stored

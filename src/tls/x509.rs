@@ -112,21 +112,10 @@ fn time(tag: u8, text: &[u8]) -> Option<i64> {
         0x18 if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
         _ => return None,
     };
-    let field = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
-    let (month, day) = (field(0)?, field(2)?);
-    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let field = |i: usize| rest.get(i..i + 2)?.parse::<u32>().ok();
+    let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, field(0)?, field(2)?)?;
+    let at = date.and_hms_opt(field(4)?, field(6)?, field(8)?)?;
+    Some(at.and_utc().timestamp())
 }
 
 #[cfg(test)]
