@@ -66,17 +66,6 @@ pub enum Command {
     Demo(crate::demo::DemoOptions),
 }
 
-/// The config in `path`, or every key's default without one.
-///
-/// # Errors
-/// The file cannot be read or is not a valid config.
-pub fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => Config::load(&path),
-        None => Ok(Config::default()),
-    }
-}
-
 /// Runs `command`; its exit code (failure: a check that did not pass).
 ///
 /// # Errors
@@ -84,14 +73,18 @@ pub fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            crate::daemon::run(load(config)?, shutdown::on_signals()?).await?;
+            crate::daemon::run(
+                Config::load_or_default(config.as_deref())?,
+                shutdown::on_signals()?,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
         Command::Status(args) => status::run(args).await,
         Command::Send(args) => send::run(args).await,
         Command::Inspect(args) => inspect::run(args),
-        Command::Probe { config } => probe::run(&load(config)?).await,
+        Command::Probe { config } => probe::run(&Config::load_or_default(config.as_deref())?).await,
         Command::Sink(args) => sink::run(args).await,
         #[cfg(feature = "demo")]
         Command::Demo(options) => crate::demo::run(options).await,

@@ -328,9 +328,19 @@ impl Config {
     /// # Errors
     /// As [`Config::from_toml`], prefixed with the file name.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+        use anyhow::Context as _;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| path.display().to_string())
+    }
+
+    /// The config in `path` ([`Config::load`]), or every key's default without one (the
+    /// subcommands' `--config`).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_or_default(path: Option<&Path>) -> anyhow::Result<Self> {
+        path.map_or_else(|| Ok(Self::default()), Self::load)
     }
 
     /// Everything `edge-relay check-config` reports for `path`: a parse error, or every value

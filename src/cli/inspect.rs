@@ -220,7 +220,7 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<std::process::ExitCode> {
     let dir = match args.data_dir {
         Some(dir) => dir,
-        None => super::load(args.config)?.data_dir,
+        None => crate::config::Config::load_or_default(args.config.as_deref())?.data_dir,
     };
     let seen = inspect(&dir, args.events)?;
     if args.json {

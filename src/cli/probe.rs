@@ -143,7 +143,7 @@ async fn other_era(connector: &dyn Connector, config: &SessionConfig, current: b
 /// # Errors
 /// None of its own: a failed probe is printed and returned as failure.
 pub async fn run(config: &Config) -> anyhow::Result<std::process::ExitCode> {
-    let stream = super::local_client::request(
+    let stream = crate::cli::local_client::request(
         config.ingest.http.listen,
         hyper::Method::GET,
         "/v1/status",

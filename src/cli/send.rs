@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use hyper::Method;
 
-use super::local_client;
+use crate::cli::local_client;
 use crate::config::Secret;
 
 /// Flags of `edge-relay send`.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use hyper::Method;
 
-use super::local_client;
+use crate::cli::local_client;
 use crate::status::StatusReport;
 
 /// Flags of `edge-relay status`.

@@ -15,6 +15,7 @@ use super::body::{BodyError, parse_events};
 use super::receive::{BodyBudget, ReceiveError};
 use crate::config::HttpIngestConfig;
 use crate::config::secret::Secret;
+use crate::contract::IngestAnswer;
 use crate::http_serve::Listener;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::StatusBoard;
@@ -176,24 +177,13 @@ impl IngestHttp {
         };
         match self.outbox.append(events).await {
             Ok(appended) => {
-                let seqs: Vec<u64> = appended.assigned.iter().map(|(s, _)| *s).collect();
+                let answer = IngestAnswer::new(&appended.assigned);
                 log::debug!(gateway = &*self.gateway, stream:% = self.outbox.stats().stream,
-                    seq = seqs.iter().min(), last_seq = seqs.iter().max(), events = seqs.len();
+                    seq = answer.first_seq, last_seq = answer.last_seq, events = answer.accepted;
                     "events committed");
-                let ids: Vec<String> = appended
-                    .assigned
-                    .iter()
-                    .map(|(_, id)| id.to_string())
-                    .collect();
                 json_response(
                     StatusCode::OK,
-                    json!({
-                        "accepted": seqs.len(),
-                        "first_seq": seqs.iter().min(),
-                        "last_seq": seqs.iter().max(),
-                        "seqs": seqs,
-                        "ids": ids,
-                    }),
+                    serde_json::to_value(answer).unwrap_or_default(),
                 )
             }
             Err(e) => {

@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::backend::SinkBackend;
+use super::era::Eras;
 use super::mqtt::{MqttServe, serve_mqtt_tls};
 use super::server::{HttpOptions, MCP_PATH, serve_http_options};
-use super::{Eras, SinkBackend, SinkStore};
+use super::store::SinkStore;
 use crate::tls::ClientTls;
 use crate::tls::server::{ServerTls, TlsListener};
 

@@ -12,8 +12,9 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, InconsistentKeys, RootCertStore, SignatureScheme,
 };
 
+use super::error::TlsError;
+use super::pem;
 use super::x509::{self, CertSummary};
-use super::{TlsError, pem};
 use crate::config::TlsConfig;
 
 /// No client certificate loaded yet (the value of [`ClientTls::client_not_after`]'s cell).

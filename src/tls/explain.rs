@@ -5,7 +5,7 @@ use std::io;
 
 use rustls::{AlertDescription, CertificateError};
 
-use super::ClientTls;
+use super::client::ClientTls;
 
 /// The first `rustls::Error` in `e`'s source chain, looking inside (nested) `io::Error`s too,
 /// whose `source()` skips the error they wrap.

@@ -5,7 +5,7 @@ use std::path::Path;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::TlsError;
+use super::error::TlsError;
 
 fn file_error(key: &str, path: &Path, detail: impl Into<String>) -> TlsError {
     TlsError::File {

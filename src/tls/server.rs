@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::{TlsError, client::provider, pem};
+use super::client::provider;
+use super::error::TlsError;
+use super::pem;
 use crate::http_serve::Listener;
 
 /// Longest a client may take to complete the TLS handshake.

@@ -4,7 +4,8 @@
 use rmcp::model::Tool;
 use serde_json::Value;
 
-use super::{Session, SessionConfig, UplinkError};
+use super::error::UplinkError;
+use super::session::{Session, SessionConfig};
 
 /// Arguments the ingest tool's input schema must declare.
 pub const INGEST_ARGS: [&str; 3] = ["gateway", "stream", "events"];

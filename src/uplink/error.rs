@@ -5,7 +5,28 @@ use std::time::Duration;
 use rmcp::model::{ErrorCode, ErrorData, ProtocolVersion};
 use rmcp::service::{ClientInitializeError, ServiceError};
 
-use super::connector::{ReadTransportError, TransportSignal};
+/// What a transport knows about one of its errors that rmcp's error types do not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportSignal {
+    /// The server forgot the session (Streamable HTTP: 404 to a request carrying
+    /// `Mcp-Session-Id`, MCP 2025-11-25, Basic/Transports, §Session Management).
+    SessionExpired,
+    /// The server asked to wait this long before the next attempt (HTTP 429/503 with
+    /// `Retry-After`).
+    Throttled(Duration),
+}
+
+/// A transport's reading of its own errors, given to [`super::session::Session::start`]: `None` when the error
+/// is a plain transport failure.
+pub type ReadTransportError =
+    fn(&(dyn std::error::Error + Send + Sync + 'static)) -> Option<TransportSignal>;
+
+/// [`ReadTransportError`] of a transport with nothing to add (MCP over MQTT).
+pub fn nothing_to_read(
+    _: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Option<TransportSignal> {
+    None
+}
 
 /// Why an upstream exchange failed. Every variant means "do not advance the cursor".
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +202,6 @@ pub(super) fn service_error(tool: &str, e: ServiceError, read: ReadTransportErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uplink::connector::nothing_to_read;
     use serde_json::json;
 
     #[test]

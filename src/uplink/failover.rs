@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::connector::{Connecting, Connector};
-use super::{Session, SessionConfig, UplinkError};
+use super::error::UplinkError;
+use super::session::{Session, SessionConfig};
 use crate::status::StatusBoard;
 
 // Design: the relay loop reconnects only after a session failed (or never opened), so every

@@ -7,7 +7,7 @@ use super::connector::Connector;
 use super::failover::FailoverConnector;
 use super::http::HttpConnector;
 use super::mqtt::MqttConnector;
-use super::{EraChoice, SessionConfig};
+use super::session::{EraChoice, SessionConfig};
 use crate::config::{Config, Secret, Transport};
 use crate::status::StatusBoard;
 use crate::tls::ClientTls;

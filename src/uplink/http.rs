@@ -9,9 +9,10 @@ use rmcp::transport::streamable_http_client::{
 
 use hyper_util::client::legacy::connect::Connect;
 
-use super::connector::{Connecting, Connector, TransportSignal};
+use super::connector::{Connecting, Connector};
+use super::error::{TransportSignal, UplinkError};
 use super::http_client::{DefaultConnector, HttpClientError, HttpTimeouts, HyperHttpClient};
-use super::{Session, SessionConfig, UplinkError};
+use super::session::{Session, SessionConfig, negotiate};
 use crate::config::Secret;
 use crate::tls::ClientTls;
 
@@ -88,7 +89,7 @@ fn read_http_error(
 
 impl<C: Connect + Clone + Send + Sync + 'static> Connector for HttpConnector<C> {
     fn connect(&self, config: SessionConfig) -> Connecting<'_> {
-        Box::pin(super::negotiate(config, |c| self.open(c)))
+        Box::pin(negotiate(config, |c| self.open(c)))
     }
 
     /// The endpoint with any userinfo masked (it is logged and shown in status).

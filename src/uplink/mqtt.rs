@@ -9,8 +9,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::connector::{Connecting, Connector, nothing_to_read};
-use super::{Session, SessionConfig, UplinkError};
+use super::connector::{Connecting, Connector};
+use super::error::{UplinkError, nothing_to_read};
+use super::session::{CLOSE_TIMEOUT, Session, SessionConfig, negotiate};
 use crate::config::Secret;
 use crate::mqtt::link::{Link, LinkOptions, MqttError};
 use crate::mqtt::topics;
@@ -127,7 +128,7 @@ impl MqttConnector {
             Ok(session) => Ok(session.with_goodbye(goodbye)),
             Err(e) => {
                 // The transport is gone, so `route` says goodbye; a probe must not exit first.
-                let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, goodbye).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
                 Err(e)
             }
         }
@@ -215,7 +216,7 @@ async fn route(
 
 impl Connector for MqttConnector {
     fn connect(&self, config: SessionConfig) -> Connecting<'_> {
-        Box::pin(super::negotiate(config, |c| self.open(c)))
+        Box::pin(negotiate(config, |c| self.open(c)))
     }
 
     /// Up to five exchanges of `request_timeout` per session start (broker connect, two
