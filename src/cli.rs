@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::shutdown;
+use crate::service::shutdown;
 
 /// Durable, resumable relay of gateway events to an upstream MCP server.
 #[derive(Parser)]

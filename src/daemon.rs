@@ -12,16 +12,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::aside;
 use crate::config::{Config, Secret};
-use crate::heartbeat::{Heartbeat, Watchdog};
 use crate::http_serve::Listener;
 use crate::ingest::http::IngestHttp;
 use crate::ingest::mqtt::IngestMqtt;
 use crate::outbox::{Outbox, OutboxConfig, OutboxError, Writer};
 use crate::relay::{self, Relay};
+use crate::service::heartbeat::{Heartbeat, Watchdog};
+use crate::service::systemd;
 use crate::status::StatusBoard;
 use crate::uplink::{self, Connector, SessionConfig};
-use crate::{aside, systemd};
 
 /// What a caller of [`start`] replaces; [`Seams::default`] replaces nothing (what ships).
 pub struct Seams<L = TcpListener> {

@@ -4,34 +4,36 @@
 //! answering; the [`relay`] loop delivers them in seq order as `edge_ingest` tool calls over an
 //! MCP session ([`uplink`]) and advances only on the upstream's `acked_seq`.
 //!
-//! Layout:
-//! - [`daemon`]: the one wiring place: `start(config, seams)` and `edge-relay run`.
-//! - [`aside`]: a store that cannot be opened is moved aside, never a crash loop.
-//! - [`audit`]: exactly-once audit of accepted events against the upstream's store.
-//! - [`config`]: TOML config, defaults, `validate()`, `Secret`.
+//! Layout (`ls src/`), docs/DESIGN.md for the why:
+//!
+//! The daemon, in the order an event travels:
+//! - [`daemon`]: the one wiring place: [`daemon::start`] (with its [`daemon::Seams`]) and
+//!   `edge-relay run`.
+//! - [`ingest`]: local producers (HTTP `POST /v1/events`, the gateway's MQTT broker).
 //! - [`event`]: the event model and its validation.
-//! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results.
-//! - [`durable`]: sled flush plus the filesystem sync sled leaves out.
-//! - [`outbox`]: sled outbox, group commit, batches after a cursor, acks, bounds.
-//! - [`ingest`]: local producers (HTTP and the gateway's MQTT broker).
-//! - [`inspect`]: `edge-relay inspect`, an offline look at a data dir.
-//! - [`relay`]: the delivery loop, reconnect and backoff.
+//! - [`outbox`]: the sled outbox: group commit, chunks, acks, bounds, recovery at open.
+//! - [`durable`]: sled flush plus the filesystem syncs sled leaves out.
+//! - [`aside`]: a store that cannot be opened is moved aside, never a crash loop.
+//! - [`relay`]: the delivery loop: a window of `edge_ingest` calls, the upstream's `acked_seq`.
 //! - [`reconnect`]: the one reconnect pacing (capped jittered backoff, its log line, its sleep).
-//! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
-//! - [`mosquitto`]: a private Mosquitto broker for the demo, tests and benchmarks.
-//! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics.
-//! - [`uplink`]: rmcp client session in either MCP era, Streamable HTTP over hyper, MQTT; failover over several upstreams.
-//! - [`sink`]: the reference upstream (rmcp server + its sled store, or PostgreSQL for a fleet).
-//! - [`status`]: status board, `/v1/status` and `/metrics`.
-//! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
+//! - [`uplink`]: the MCP client session in either era, a `Connector` per transport (Streamable
+//!   HTTP over hyper, MCP over MQTT), failover over several upstreams.
+//! - [`contract`]: `edge_ingest` / `edge_cursor` arguments and results, the ingest answer.
+//! - [`mqtt`]: MQTT 5 links (rumqttc v5) and MCP over MQTT topics and transport.
 //! - [`tls`]: rustls client configs from PEM files, the sink's HTTPS, TLS errors in words.
-//! - [`probe`]: `edge-relay probe`, the era and contract check of an upstream.
-//! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
-//! - [`heartbeat`]: progress heartbeats of the relay and writer loops, the watchdog's verdict.
-//! - [`systemd`]: sd_notify `READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`.
-//! - [`local_client`]: the CLI's HTTP client to a running daemon.
-//! - [`demo`]: the end-to-end demo on the Daphnet recording.
-//! - [`logging`]: journald or stderr.
+//! - [`http_serve`]: the shared HTTP/1.1 accept loop and its `Listener` seam.
+//! - [`status`]: the status board, `/v1/status` and `/metrics`.
+//! - [`service`]: signals, logging, sd_notify and the watchdog's heartbeats.
+//! - [`config`]: the TOML config, defaults, `validate()`, `Secret`.
+//! - [`redact`]: URL userinfo and echoed tokens kept out of logs, status and errors.
+//!
+//! Around it:
+//! - [`cli`]: the subcommands (`status`, `send`, `inspect`, `probe`, `check-config`, `sink`).
+//! - [`sink`]: the reference upstream (rmcp server on sled, or PostgreSQL for a fleet).
+//! - `demo` (cargo feature `demo`, on by default, off in shipped builds): the end-to-end demo
+//!   on the Daphnet recording, its private Mosquitto and the exactly-once audit.
+
+#![warn(missing_docs)]
 
 // Lets test code shared with the integration tests (`sink/contract_cases.rs`) name the crate.
 #[cfg(test)]
@@ -46,18 +48,15 @@ pub mod daemon;
 pub mod demo;
 pub mod durable;
 pub mod event;
-pub mod heartbeat;
 pub mod http_serve;
 pub mod ingest;
-pub mod logging;
 pub mod mqtt;
 pub mod outbox;
 pub mod reconnect;
 pub mod redact;
 pub mod relay;
-pub mod shutdown;
+pub mod service;
 pub mod sink;
 pub mod status;
-pub mod systemd;
 pub mod tls;
 pub mod uplink;

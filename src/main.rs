@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use edge_relay::cli::{Cli, dispatch};
-use edge_relay::logging;
+use edge_relay::service::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

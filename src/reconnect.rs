@@ -11,7 +11,7 @@ use std::time::Duration;
 use log::kv::{self, Key, Source, Value, VisitSource};
 use tokio_util::sync::CancellationToken;
 
-use crate::heartbeat::Heartbeat;
+use crate::service::heartbeat::Heartbeat;
 
 /// A connection that stayed healthy this long resets the backoff to its initial delay.
 pub const HEALTHY_PERIOD: Duration = Duration::from_secs(30);

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::contract::{CursorArgs, EVENTS_ZSTD, IngestBatch};
-use crate::heartbeat::Heartbeat;
 use crate::outbox::{Delivery, Outbox, OutboxError};
 use crate::reconnect::{Pace, Reconnect};
+use crate::service::heartbeat::Heartbeat;
 use crate::status::{StatusBoard, UpstreamState};
 use crate::uplink::diagnose::Diagnosis;
 use crate::uplink::{CLOSE_TIMEOUT, Connector, Session, SessionConfig, UplinkError};

@@ -360,7 +360,7 @@ async fn a_refused_tool_call_reports_what_the_upstream_lacks() {
         )),
         "{error}"
     );
-    let line = edge_relay::systemd::status_line(&missing);
+    let line = edge_relay::service::systemd::status_line(&missing);
     assert!(line.contains(&format!("last error: {lacks}")), "{line}");
     // A schema mismatch: an outside server's edge_ingest takes `items`, not `events`.
     let stop = CancellationToken::new();

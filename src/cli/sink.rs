@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::TlsConfig;
-use crate::shutdown;
+use crate::service::shutdown;
 use crate::sink::{self, Eras, SinkOptions, StoreLocation};
 use crate::tls::ClientTls;
 use crate::tls::server::ServerTls;

@@ -32,7 +32,7 @@ use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
 use crate::config::Overflow;
 use crate::event::{NewEvent, now_rfc3339};
-use crate::heartbeat::Heartbeat;
+use crate::service::heartbeat::Heartbeat;
 
 /// Most events in one group commit (one fsync).
 pub const GROUP_MAX_EVENTS: usize = 1024;

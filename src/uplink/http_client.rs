@@ -48,10 +48,20 @@ type SseResponse = BoxStream<'static, Result<Sse, SseError>>;
 pub enum HttpClientError {
     /// A network wait exceeded its [`HttpTimeouts`] bound; `what` names the wait.
     #[error("timed out after {after:?} waiting for {what}")]
-    Timeout { what: String, after: Duration },
+    Timeout {
+        /// The wait (`connecting to ...`, `the response headers`).
+        what: String,
+        /// The bound that elapsed.
+        after: Duration,
+    },
     /// Connecting, writing the request or reading its head failed; `detail` is the cause chain.
     #[error("{what} failed: {detail}")]
-    Request { what: String, detail: String },
+    Request {
+        /// The step that failed.
+        what: String,
+        /// Its cause chain, in words.
+        detail: String,
+    },
     /// Reading a response body failed mid-way.
     #[error("reading the response body: {0}")]
     Hyper(#[from] hyper::Error),
@@ -63,7 +73,10 @@ pub enum HttpClientError {
     Json(#[from] serde_json::Error),
     /// One SSE event grew past the transport's `max_sse_event_size`.
     #[error("SSE event exceeded the maximum size of {max_size} bytes")]
-    SseEventTooLarge { max_size: usize },
+    SseEventTooLarge {
+        /// The bound, bytes.
+        max_size: usize,
+    },
     /// A constructor argument is unusable.
     #[error("invalid HTTP client config: {0}")]
     Config(&'static str),
@@ -71,8 +84,11 @@ pub enum HttpClientError {
     /// [`crate::redact::MAX_ERROR_TEXT`] bytes; `retry_after` is its `Retry-After` on 429/503.
     #[error("HTTP {status}: {body}")]
     Status {
+        /// The status code.
         status: StatusCode,
+        /// Its `Retry-After` (429/503 only).
         retry_after: Option<Duration>,
+        /// The body, scrubbed and cut.
         body: String,
     },
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::heartbeat::{Verdict, Watchdog};
 use crate::outbox::Outbox;
+use crate::service::heartbeat::{Verdict, Watchdog};
 use crate::status::{StatusBoard, StatusReport, UpstreamState};
 
 /// How often `STATUS=` is recomputed; it is sent only when its text changed.
