@@ -7,7 +7,7 @@
 //! - A, edge-relay: producer → `edge-relay run` (child process; HTTP ingest, NDJSON bodies of
 //!   100) → MCP over MQTT through the upstream Mosquitto → the reference upstream (`serve_mqtt`
 //!   on a `SinkStore`, in this process). Outage: the upstream broker and the sink stopped while
-//!   N events are produced; then both restarted, timed until the store's cursor covers them.
+//!   N events are produced; then both restarted, timed until the store's acked seq covers them.
 //! - B, Mosquitto bridge: producer (QoS 1, a window of in-flight publishes) → local Mosquitto
 //!   (persistence, QoS 1 bridge `topic sensors/# out 1`) → upstream Mosquitto (persistence) →
 //!   a subscriber with a persistent session. Outage: the upstream broker stopped meanwhile.
@@ -436,14 +436,14 @@ impl HttpProduced {
     }
 }
 
-/// When the sink stored its first event and when its cursor covered `last_seq`.
+/// When the sink stored its first event and when its acked seq covered `last_seq`.
 struct StoreDrain {
     first: Option<Duration>,
     done: Option<Duration>,
 }
 
-/// Waits until the sink's cursor for the relay's stream reaches `last_seq`; the cheap in-memory
-/// counter gates the (fsyncing) cursor reads.
+/// Waits until the sink's acked seq for the relay's stream reaches `last_seq`; the cheap in-memory
+/// counter gates the (fsyncing) acked seq reads.
 async fn wait_store(
     store: &SinkStore,
     stream: Uuid,
@@ -541,7 +541,7 @@ async fn run_relay(
     }
     if drain.done.is_none() {
         notes.push(format!(
-            "NOT drained within {DRAIN_TIMEOUT:?}: cursor {:?} of {last_seq}",
+            "NOT drained within {DRAIN_TIMEOUT:?}: acked seq {:?} of {last_seq}",
             store.cursor(GATEWAY, stream).await?.acked_seq
         ));
     }
@@ -1178,7 +1178,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Outage: the upstream broker stopped (SIGTERM; B's saves the subscriber's session) and, \
          in A, the sink stopped, before production; both restarted after it. Drain time runs \
-         from the restart to the last event stored (A: sink cursor) or the last new one \
+         from the restart to the last event stored (A: sink acked_seq) or the last new one \
          received (B: wait for count = accepted, or {QUIET:?} without progress; then \
          {DUPLICATE_SETTLE:?} more for late duplicates)"
     );

@@ -114,7 +114,7 @@ pub struct UpstreamConfig {
     pub token_file: Option<PathBuf>,
     /// Name of the ingest tool. Default `edge_ingest`.
     pub ingest_tool: String,
-    /// Name of the cursor tool. Default `edge_cursor`.
+    /// Name of the `edge_cursor` tool. Default `edge_cursor`.
     pub cursor_tool: String,
     /// `[upstream.tls]`: trust and client certificate for `https://` and `mqtts://`.
     pub tls: TlsConfig,

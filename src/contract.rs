@@ -15,7 +15,7 @@ pub use packed::EVENTS_ZSTD;
 
 /// Default name of the ingest tool.
 pub const INGEST_TOOL: &str = "edge_ingest";
-/// Default name of the cursor tool.
+/// Default name of the `edge_cursor` tool.
 pub const CURSOR_TOOL: &str = "edge_cursor";
 /// `clientInfo.name` the relay announces.
 pub const CLIENT_NAME: &str = "edge-relay";
@@ -34,7 +34,7 @@ pub struct Gap {
 /// "events_zstd"?: str, "gap"?: Gap}`.
 ///
 /// `events` are in strictly increasing `seq` order. `gap`, when present, covers the seqs
-/// between the upstream's cursor and the first event of this batch.
+/// between the upstream's acked seq and the first event of this batch.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct IngestArgs {
     /// Gateway id (`gateway_id` in the relay's config).
@@ -130,15 +130,15 @@ pub struct CursorArgs {
 /// `acked_seq` is `null` from `edge_cursor` when the upstream has nothing of this stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Ack {
-    /// Contiguous high-water mark; `None` = nothing stored yet.
+    /// Contiguous acked seq; `None` = nothing stored yet.
     pub acked_seq: Option<u64>,
     /// Id of the event at `acked_seq`, `None` when that seq was a gap or nothing is stored.
     pub acked_id: Option<Uuid>,
 }
 
 impl Ack {
-    /// The cursor as a plain number: 0 means "nothing acknowledged" (seqs start at 1).
-    pub fn cursor(&self) -> u64 {
+    /// The acked seq as a plain number: 0 means "nothing acknowledged" (seqs start at 1).
+    pub fn acked_seq_or_zero(&self) -> u64 {
         self.acked_seq.unwrap_or(0)
     }
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_KIND: &str = "event";
 pub struct Event {
     /// Producer idempotency key, or a fresh UUIDv7.
     pub id: Uuid,
-    /// Position in this outbox's stream; the order key and the cursor.
+    /// Position in this outbox's stream; the order key and the acked seq.
     pub seq: u64,
     /// Producer name: sensor id, tool name or local MQTT topic (1..=256 bytes).
     pub source: String,

@@ -1,4 +1,4 @@
-//! The sled outbox (docs/DESIGN.md §4-§6): durable append with group commit, batches after a cursor, acks, bounds.
+//! The sled outbox (docs/DESIGN.md §4-§6): durable append with group commit, batches after an acked seq, acks, bounds.
 //!
 //! Layout: one sled tree, keys prefixed by kind, because a sled `Batch` is atomic only within one
 //! tree and every commit must move events, ids and counters together:
@@ -9,7 +9,7 @@
 //! - `s` + seq (u64 BE) → id: the same entries by seq, so that rollback and pruning walk a range;
 //! - `m` + name → meta value (`stream` UUID, `layout`, u64 BE counters).
 //!
-//! Acks and `drop_oldest` delete whole chunks; a chunk the cursor is inside stays until its last
+//! Acks and `drop_oldest` delete whole chunks; a chunk the acked seq is inside stays until its last
 //! event is acknowledged. Writes go through the single [`writer::Writer`] task; reads
 //! (`batch_after`, `stats`) go to sled directly but never past the durable seq, so nothing
 //! un-fsynced ever leaves the gateway. A store of the first layout (one key per event) is
@@ -88,7 +88,7 @@ impl Outbox {
     }
 
     /// Records that the upstream stored everything up to `upto`; deletes those events.
-    /// A lower or equal `upto` than the current cursor is a no-op; `upto` is capped at
+    /// A lower or equal `upto` than the current acked seq is a no-op; `upto` is capped at
     /// [`OutboxStats::sent_seq`], so nothing never sent is ever deleted.
     ///
     /// # Errors
@@ -105,7 +105,7 @@ impl Outbox {
     /// Records durably that events up to `sent` (at most the last stored seq) are about to be
     /// sent upstream, and, in the same commit (one fsync), the previous batch's ack `acked`
     /// when given (as [`Outbox::ack`]). Call before sending them. A `sent` lower than the
-    /// current mark leaves it as it is.
+    /// current acked seq leaves it as it is.
     ///
     /// # Errors
     /// [`OutboxError::Closed`] or [`OutboxError::Storage`].
@@ -184,20 +184,20 @@ impl Outbox {
     /// [`OutboxError::Storage`], or [`OutboxError::Corrupt`] for a chunk that does not decode.
     pub fn next_delivery(
         &self,
-        cursor: u64,
+        acked_seq: u64,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Delivery, OutboxError> {
         // One read of the durable end for both: a commit published between two reads would
         // make the events it just stored look like a gap (reported, then skipped).
-        self.delivery_before(cursor, self.stats(), max_events, max_bytes)
+        self.delivery_before(acked_seq, self.stats(), max_events, max_bytes)
     }
 
     /// [`Outbox::next_delivery`] as of the counters `stats` (its `next_seq` is the durable
     /// end; events at or below its `acked_seq` are gone even where their chunk is still stored).
     fn delivery_before(
         &self,
-        cursor: u64,
+        acked_seq: u64,
         stats: OutboxStats,
         max_events: usize,
         max_bytes: usize,
@@ -205,7 +205,7 @@ impl Outbox {
         let durable_end = stats.next_seq;
         let mut delivery = Delivery::default();
         let mut first_seq = None;
-        let after = cursor.max(stats.acked_seq);
+        let after = acked_seq.max(stats.acked_seq);
         self.walk_before(
             after,
             durable_end,
@@ -222,8 +222,8 @@ impl Outbox {
             },
         )?;
         let gap_end = first_seq.map_or(durable_end.saturating_sub(1), |seq| seq - 1);
-        delivery.gap = (gap_end > cursor).then_some(Gap {
-            dropped_from: cursor + 1,
+        delivery.gap = (gap_end > acked_seq).then_some(Gap {
+            dropped_from: acked_seq + 1,
             dropped_to: gap_end,
         });
         Ok(delivery)
@@ -291,7 +291,7 @@ pub struct Delivery {
     pub count: usize,
     /// Seq of the last event; `None` when there are none.
     pub last_seq: Option<u64>,
-    /// Missing seqs right after the cursor, before the events; `None` when nothing is missing.
+    /// Missing seqs right after the acked seq, before the events; `None` when nothing is missing.
     pub gap: Option<Gap>,
 }
 

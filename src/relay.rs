@@ -2,7 +2,7 @@
 //!
 //! One reconnect loop owns every failure: any error drops the session, waits out a capped,
 //! jittered backoff and starts over with a new session and a fresh `edge_cursor`. That is also
-//! how a lost answer is handled: the upstream's cursor says what it stored, and the relay
+//! how a lost answer is handled: the upstream's acked seq says what it stored, and the relay
 //! resends from the event after it (same seqs, new JSON-RPC id).
 
 pub mod window;
@@ -28,7 +28,7 @@ use window::Window;
 
 /// Longest an in-flight exchange (the `edge_cursor` or `edge_ingest` call) may run on after
 /// shutdown starts; then it is abandoned, which is safe: the upstream keeps what it stored and
-/// the next start resends from its cursor. Bounds the stop time whatever `request_timeout_ms` is.
+/// the next start resends from its acked seq. Bounds the stop time whatever `request_timeout_ms` is.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest one turn of the loop waits on the network by its own timeouts: a connect through
@@ -47,7 +47,7 @@ pub enum RelayError {
     /// The local outbox failed.
     #[error("outbox: {0}")]
     Outbox(#[from] OutboxError),
-    /// The upstream's answers break the contract (cursor ahead of the outbox, no progress...).
+    /// The upstream's answers break the contract (acked seq ahead of the outbox, no progress...).
     #[error("contract violation: {0}")]
     Contract(String),
     /// A tool call was refused and the server's tools show why: `summary` is
@@ -219,7 +219,7 @@ impl Relay {
         RelayError::LacksContract { summary, refusal }
     }
 
-    /// One session's life: cursor, then batches until an error or shutdown (`Ok`): up to
+    /// One session's life: acked seq, then batches until an error or shutdown (`Ok`): up to
     /// `relay.max_in_flight` (`max_in_flight_plain` without `events_zstd`) calls outstanding, sent in seq order, their answers
     /// applied in that order ([`Window`]). On shutdown no new batch is sent and the calls
     /// outstanding are awaited (bounded by [`SHUTDOWN_GRACE`] in [`Relay::run`]).
@@ -236,24 +236,24 @@ impl Relay {
                 stream,
             })
             .await?;
-        let cursor = ack.cursor();
+        let acked_seq = ack.acked_seq_or_zero();
         let stats = self.outbox.stats();
-        if cursor > stats.sent_seq {
+        if acked_seq > stats.sent_seq {
             let violation = format!(
-                "upstream cursor {cursor} is above the highest seq ever sent to it ({}; next seq {}); nothing deleted, refusing to deliver",
+                "upstream acked seq {acked_seq} is above the highest seq ever sent to it ({}; next seq {}); nothing deleted, refusing to deliver",
                 stats.sent_seq, stats.next_seq
             );
-            log::error!(gateway = gateway, stream:% = stream, acked_seq = cursor; "contract violation: {violation}");
+            log::error!(gateway = gateway, stream:% = stream, acked_seq = acked_seq; "contract violation: {violation}");
             return Err(RelayError::Contract(violation));
         }
-        if cursor < stats.acked_seq {
-            log::warn!(gateway = gateway, stream:% = stream, acked_seq = cursor;
-                "upstream cursor {cursor} is behind the local one ({}); events in between were acknowledged earlier and will be reported as a gap",
+        if acked_seq < stats.acked_seq {
+            log::warn!(gateway = gateway, stream:% = stream, acked_seq = acked_seq;
+                "upstream acked seq {acked_seq} is behind the local one ({}); events in between were acknowledged earlier and will be reported as a gap",
                 stats.acked_seq);
         }
-        self.outbox.ack(cursor).await?;
+        self.outbox.ack(acked_seq).await?;
         self.status.set_upstream(UpstreamState::Connected, None);
-        log::info!(gateway = gateway, stream:% = stream, acked_seq = cursor; "resuming after the upstream's cursor");
+        log::info!(gateway = gateway, stream:% = stream, acked_seq = acked_seq; "resuming after the upstream's acked seq");
         let packed = self.config.compress && session.offers_packed().await?;
         if packed {
             log::info!(gateway = gateway, stream:% = stream; "the upstream takes {EVENTS_ZSTD}: batches go compressed");
@@ -264,10 +264,10 @@ impl Relay {
         } else {
             self.config.max_in_flight_plain
         };
-        let mut window = Window::new(cursor, calls);
+        let mut window = Window::new(acked_seq, calls);
         // Calls sent and not yet answered, answered in the order they were sent.
         let mut outstanding = FuturesOrdered::new();
-        // The cursor as last answered, committed with the next batch's sent mark (one fsync
+        // The acked seq as last answered, committed with the next batch's sent seq (one fsync
         // for both) or, when nothing follows, on its own.
         let mut pending_ack: Option<u64> = None;
         loop {
@@ -292,7 +292,7 @@ impl Relay {
                     log::warn!(gateway = gateway, stream:% = stream, dropped_from = g.dropped_from, dropped_to = g.dropped_to;
                         "reporting a gap of {} events to the upstream", g.dropped_to - g.dropped_from + 1);
                 }
-                // Durably first: a cursor or ack can never delete what was never sent.
+                // Durably first: an acked seq or ack can never delete what was never sent.
                 if sent_to > self.outbox.stats().sent_seq || pending_ack.is_some() {
                     self.outbox.progress(pending_ack.take(), sent_to).await?;
                 }
@@ -332,20 +332,20 @@ impl Relay {
                 () = shutdown.cancelled(), if !stopping => continue,
                 () = self.heartbeat.tick() => continue,
             };
-            let before = window.cursor();
-            let covered = window.answer(answer?.cursor()).map_err(|violation| {
-                log::error!(gateway = gateway, stream:% = stream, acked_seq = window.cursor(); "contract violation: {violation}");
+            let before = window.acked_seq();
+            let covered = window.answer(answer?.acked_seq_or_zero()).map_err(|violation| {
+                log::error!(gateway = gateway, stream:% = stream, acked_seq = window.acked_seq(); "contract violation: {violation}");
                 RelayError::Contract(violation)
             })?;
             if outstanding.is_empty() && !window.is_covered() {
                 window.settle().map_err(RelayError::Contract)?;
             }
-            let cursor = window.cursor();
-            if cursor > before {
-                pending_ack = Some(cursor);
+            let acked_seq = window.acked_seq();
+            if acked_seq > before {
+                pending_ack = Some(acked_seq);
                 self.status.delivered(covered);
                 log::debug!(gateway = gateway, stream:% = stream, seq = before + 1, last_seq = sent_to,
-                    acked_seq = cursor; "batch acknowledged");
+                    acked_seq = acked_seq; "batch acknowledged");
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::outbox::OutboxStats;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamState {
-    /// A session is open and the cursor is known.
+    /// A session is open and the acked seq is known.
     Connected,
     /// (Re)connecting: initialize and `edge_cursor` in progress.
     #[default]

@@ -146,9 +146,9 @@ async fn lost_answer_is_resent_without_duplicates() {
     let result = audit(&all, &stored);
     assert!(result.is_clean(), "{result}");
     assert_eq!(result.delivered, 20);
-    // The upstream had stored the batch: the relay resumed after the upstream's cursor.
-    let cursor = sink.store().cursor("test-gw", stream).await.unwrap();
-    assert_eq!(cursor.acked_seq, Some(20));
+    // The upstream had stored the batch: the relay resumed after the upstream's acked seq.
+    let acked_seq = sink.store().cursor("test-gw", stream).await.unwrap();
+    assert_eq!(acked_seq.acked_seq, Some(20));
     assert!(report(&relay).reconnects >= 2);
     relay.stop().await;
 }
@@ -194,10 +194,10 @@ async fn producer_retry_with_the_same_id_is_idempotent_end_to_end() {
     relay.stop().await;
 }
 
-/// Issue 12 item 2: an upstream whose cursor names seqs the relay never sent (here its store
+/// Issue 12 item 2: an upstream whose acked seq names seqs the relay never sent (here its store
 /// was written by something else) is a contract violation; nothing unsent is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cursor_above_what_was_sent_deletes_nothing() {
+async fn an_acked_seq_above_what_was_sent_deletes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sink");
     // The upstream's port is closed at first: nothing can be sent.

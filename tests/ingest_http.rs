@@ -248,8 +248,8 @@ async fn drop_oldest_counts_the_drop_and_the_upstream_records_the_gap() {
         "{result}"
     );
     assert!(result.order_ok);
-    let cursor = sink.store().cursor("test-gw", stats.stream).await.unwrap();
-    assert_eq!(cursor.acked_seq, Some(stats.next_seq - 1));
+    let acked_seq = sink.store().cursor("test-gw", stats.stream).await.unwrap();
+    assert_eq!(acked_seq.acked_seq, Some(stats.next_seq - 1));
     relay.stop().await;
 }
 

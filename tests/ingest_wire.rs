@@ -207,10 +207,10 @@ async fn an_upstream_that_does_not_list_events_zstd_gets_plain_events() {
 }
 
 /// Three batches in flight at once and the middle one refused: the session ends, the next
-/// one resumes from the upstream's cursor (which stops before the refused batch, whatever
+/// one resumes from the upstream's acked seq (which stops before the refused batch, whatever
 /// the third stored) and every event arrives once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_whose_middle_call_fails_resumes_from_the_cursor() {
+async fn a_window_whose_middle_call_fails_resumes_from_the_acked_seq() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(SinkStore::open(&tmp.path().join("sink")).unwrap());
     let stop = CancellationToken::new();

@@ -130,7 +130,7 @@ async fn relay_and_ingest_records_carry_gateway_stream_seq_upstream_and_error_fi
     );
     let session = record("upstream session opened").await;
     assert_fields(&session, &[("GATEWAY", gw), ("UPSTREAM", Some(&url))]);
-    let resumed = record("resuming after the upstream's cursor").await;
+    let resumed = record("resuming after the upstream's acked seq").await;
     assert_fields(
         &resumed,
         &[

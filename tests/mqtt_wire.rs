@@ -128,7 +128,7 @@ async fn topics_presence_properties_disconnect_and_will_follow_the_spec() {
     };
     assert!(
         from(topics::SERVER) >= 3,
-        "discover result, cursor and ingest answers: {on_rpc:#?}"
+        "discover result, acked seq and ingest answers: {on_rpc:#?}"
     );
     assert!(
         from(topics::CLIENT) >= 2,

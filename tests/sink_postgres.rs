@@ -31,7 +31,7 @@ async fn the_contract_cases_pass_on_postgres() {
 }
 
 /// Two nodes on one database, batches of one stream racing through both: every seq stored
-/// once, the mark right; then a node started later migrates nothing and sees it all.
+/// once, the acked seq right; then a node started later migrates nothing and sees it all.
 #[tokio::test]
 async fn two_nodes_on_one_database_stay_exactly_once() {
     let pg = Postgres::start();
@@ -65,7 +65,7 @@ async fn two_nodes_on_one_database_stay_exactly_once() {
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=500).collect::<Vec<_>>()
     );
-    // Each seq's stored event is one of the two sent (the first to commit), and the mark's id is it.
+    // Each seq's stored event is one of the two sent (the first to commit), and the acked seq's id is it.
     assert_eq!(ack.acked_id, Some(events[499].id));
     let stored = a.stats().events_stored + b.stats().events_stored;
     assert_eq!(stored, 500, "every event inserted by exactly one node");

@@ -1,6 +1,6 @@
 //! The relay and the reference upstream over HTTPS: mutual TLS delivers exactly once; a wrong
 //! CA, a wrong name, a missing or expired client certificate are named errors that deliver
-//! nothing and leave the cursor where it was; files rotated on disk take effect on the next
+//! nothing and leave the acked seq where it was; files rotated on disk take effect on the next
 //! connection, without a restart.
 
 use edge_relay_testkit as support;
@@ -55,7 +55,7 @@ fn tls_config(
     config
 }
 
-/// Nothing of the relay's stream reached the upstream and its cursor did not move.
+/// Nothing of the relay's stream reached the upstream and its acked seq did not move.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_delivers_exactly_once_and_a_relay_without_a_client_certificate_is_refused() {

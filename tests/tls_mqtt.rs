@@ -2,7 +2,7 @@
 //! (`cafile`, `certfile`, `keyfile`, `require_certificate true`): the relay's MCP over MQTT
 //! uplink and the reference upstream over `mqtts://` deliver exactly once; the MQTT ingest
 //! takes events over `mqtts://`; a wrong CA and an expired client certificate are named errors
-//! that deliver nothing and leave the cursor unchanged, until the right files are on disk.
+//! that deliver nothing and leave the acked seq unchanged, until the right files are on disk.
 
 use edge_relay_testkit as support;
 

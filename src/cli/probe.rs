@@ -1,6 +1,6 @@
 //! `edge-relay probe`: start a session with the configured upstream (current era preferred),
 //! report the era and protocol version, whether the server also serves the other era, check
-//! its tools against the contract (docs/DESIGN.md §3) and read this gateway's cursor.
+//! its tools against the contract (docs/DESIGN.md §3) and read this gateway's acked seq.
 
 use std::fmt::Write as _;
 
@@ -51,7 +51,7 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         let _ = writeln!(out, "{line}");
     }
     let diagnosis = Diagnosis::of_session(&session, &session_config).await;
-    let cursor = match (&diagnosis, stream) {
+    let acked_seq = match (&diagnosis, stream) {
         (Ok(d), Some(stream)) if d.problems.is_empty() => {
             let args = CursorArgs {
                 gateway: config.gateway_id.clone(),
@@ -69,19 +69,22 @@ pub async fn probe(config: &Config, stream: Option<Uuid>) -> anyhow::Result<Stri
         let _ = writeln!(out, "tool {name}: ok");
     }
     let _ = writeln!(out, "tools offered: {}", diagnosis.offered.join(", "));
-    match cursor {
-        Some(cursor) => {
-            let (stream, ack) = cursor?;
+    match acked_seq {
+        Some(acked_seq) => {
+            let (stream, ack) = acked_seq?;
             let _ = writeln!(
                 out,
-                "cursor of gateway {} stream {stream}: acked_seq={} acked_id={}",
+                "acked seq of gateway {} stream {stream}: acked_seq={} acked_id={}",
                 config.gateway_id,
                 ack.acked_seq.map_or("null".into(), |s| s.to_string()),
                 ack.acked_id.map_or("null".into(), |s| s.to_string())
             );
         }
         None if diagnosis.problems.is_empty() => {
-            let _ = writeln!(out, "cursor: no outbox stream yet (start the daemon once)");
+            let _ = writeln!(
+                out,
+                "acked seq: no outbox stream yet (start the daemon once)"
+            );
         }
         None => {}
     }

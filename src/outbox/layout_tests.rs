@@ -189,7 +189,7 @@ async fn only_producer_ids_are_indexed_and_they_are_forgotten_after_retention() 
 
     let (_db, tree) = raw(running, dir.path()).await;
     let indexed = tree.scan_prefix([ID]).count();
-    // Seqs 902..=1000 (ids within 100 of the cursor 1001) and 1002; none for seq 1001.
+    // Seqs 902..=1000 (ids within 100 of the acked seq 1001) and 1002; none for seq 1001.
     assert_eq!(indexed, 99 + 1, "{indexed} ids");
     assert_eq!(tree.scan_prefix([ID_BY_SEQ]).count(), indexed);
 }

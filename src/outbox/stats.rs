@@ -18,7 +18,7 @@ pub struct OutboxStats {
     /// Events deleted by `drop_oldest` since the store was created.
     pub dropped_events: u64,
     /// Highest seq ever sent upstream (0: none), recorded durably before it is sent: no ack or
-    /// cursor can delete past it (docs/DESIGN.md §8). Stores of layout 1 start with
+    /// acked seq can delete past it (docs/DESIGN.md §8). Stores of layout 1 start with
     /// `next_seq - 1` (what they sent is unknown).
     pub sent_seq: u64,
 }

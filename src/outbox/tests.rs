@@ -248,7 +248,7 @@ async fn delivery_reports_dropped_seqs_as_a_gap() {
     let first: Event = serde_json::from_slice(first).unwrap();
     assert_eq!(first.seq, dropped + 1);
     assert_eq!(d.last_seq, Some(dropped + 5));
-    // Everything after the cursor dropped: the gap alone, up to the durable end.
+    // Everything after the acked seq dropped: the gap alone, up to the durable end.
     outbox.mark_sent(40).await.unwrap();
     outbox.ack(40).await.unwrap();
     let d = outbox.next_delivery(38, 5, 1 << 20).unwrap();

@@ -11,7 +11,7 @@
 //
 // Acks and `drop_oldest` delete whole chunks, a few per sled batch, each batch carrying the
 // counters as of its last chunk. Id pruning walks the by-seq index (`s` + seq) up to
-// `id_retention` seqs behind the cursor, a bounded number per ack.
+// `id_retention` seqs behind the acked seq, a bounded number per ack.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -323,7 +323,7 @@ impl Writer {
         }
     }
 
-    /// Raises the sent mark to `upto`, at most the last seq written to sled.
+    /// Raises the sent seq to `upto`, at most the last seq written to sled.
     fn mark_sent(&mut self, upto: u64) -> Result<(), OutboxError> {
         let upto = upto.min(self.stats.next_seq.saturating_sub(1));
         if upto <= self.stats.sent_seq {
@@ -532,7 +532,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Seqs of `stored` above the cursor, as `(lo, hi)` (empty when `hi < lo`).
+    /// Seqs of `stored` above the acked seq, as `(lo, hi)` (empty when `hi < lo`).
     fn unacked_range(&self, stored: &chunk::Chunk) -> Result<(u64, u64), OutboxError> {
         let last = stored.last_seq().map_err(|e| OutboxError::Corrupt {
             seq: stored.first_seq,
@@ -541,7 +541,7 @@ impl Writer {
         Ok((stored.first_seq.max(self.stats.acked_seq + 1), last))
     }
 
-    /// Moves the cursor to `upto` (at most the last stored seq), deleting every chunk whose
+    /// Moves the acked seq to `upto` (at most the last stored seq), deleting every chunk whose
     /// events are all acknowledged, a few per sled batch with the counters as of its last one.
     fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
         let upto = upto.min(self.stats.sent_seq);
@@ -572,7 +572,7 @@ impl Writer {
                     reached = true;
                 }
             }
-            // Seqs between the chunks read and `upto` were dropped: the cursor goes all the way.
+            // Seqs between the chunks read and `upto` were dropped: the acked seq goes all the way.
             if reached {
                 staged.acked_seq = upto;
             }

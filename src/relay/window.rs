@@ -1,20 +1,20 @@
 //! The window of `edge_ingest` batches sent and not yet covered by the upstream's
-//! `acked_seq`: how many may be outstanding, and what each answer means for the cursor.
+//! `acked_seq`: how many may be outstanding, and what each answer means for the acked seq.
 //!
 //! Batches are sent in seq order, each starting right after the previous one, and their
 //! answers are applied in the order they were sent. With more than one in flight, an answer
 //! can legitimately stop short of its own batch (the upstream stored it while an earlier batch
-//! was still on its way); a later answer then covers both. The cursor never goes past the
-//! contiguous mark the upstream reported, and never past what was sent. No I/O here.
+//! was still on its way); a later answer then covers both. The window's acked seq is the
+//! upstream's as last answered, and never past what was sent. No I/O here.
 
 use std::collections::VecDeque;
 
-/// Batches sent past the cursor, in seq order.
+/// Batches sent past the acked seq, in seq order.
 #[derive(Debug)]
 pub struct Window {
-    /// The upstream's contiguous mark as last answered.
-    cursor: u64,
-    /// The cursor when the window was last settled (see [`Window::settle`]).
+    /// The upstream's acked seq as last answered.
+    acked_seq: u64,
+    /// The acked seq when the window was last settled (see [`Window::settle`]).
     settled_at: u64,
     /// `(last seq, events)` of each batch sent and not yet covered by `cursor`.
     sent: VecDeque<(u64, u64)>,
@@ -25,18 +25,18 @@ pub struct Window {
 impl Window {
     /// An empty window after `cursor` (the upstream's `edge_cursor`) holding up to `max`
     /// batches (`max` 0 counts as 1).
-    pub fn new(cursor: u64, max: usize) -> Self {
+    pub fn new(acked_seq: u64, max: usize) -> Self {
         Self {
-            cursor,
-            settled_at: cursor,
+            acked_seq,
+            settled_at: acked_seq,
             sent: VecDeque::new(),
             max: max.max(1),
         }
     }
 
-    /// The upstream's contiguous mark as last answered.
-    pub fn cursor(&self) -> u64 {
-        self.cursor
+    /// The upstream's acked seq as last answered.
+    pub fn acked_seq(&self) -> u64 {
+        self.acked_seq
     }
 
     /// Whether another batch may be sent.
@@ -44,14 +44,14 @@ impl Window {
         self.sent.len() < self.max
     }
 
-    /// Whether every batch sent is covered by the cursor.
+    /// Whether every batch sent is covered by the acked seq.
     pub fn is_covered(&self) -> bool {
         self.sent.is_empty()
     }
 
-    /// Last seq sent (the cursor when nothing is outstanding): the next batch starts after it.
+    /// Last seq sent (the acked seq when nothing is outstanding): the next batch starts after it.
     pub fn last_sent(&self) -> u64 {
-        self.sent.back().map_or(self.cursor, |&(last, _)| last)
+        self.sent.back().map_or(self.acked_seq, |&(last, _)| last)
     }
 
     /// Records a batch of `events` events (and gap seqs) ending at `last` as sent.
@@ -72,12 +72,12 @@ impl Window {
                 self.last_sent()
             ));
         }
-        if acked <= self.cursor {
+        if acked <= self.acked_seq {
             return Ok(0);
         }
         // Seqs up to `from` were covered before; a batch covered in part keeps the rest.
-        let (mut from, mut covered) = (self.cursor, 0);
-        self.cursor = acked;
+        let (mut from, mut covered) = (self.acked_seq, 0);
+        self.acked_seq = acked;
         while let Some(front) = self.sent.front_mut() {
             if front.0 <= acked {
                 covered += front.1;
@@ -93,9 +93,9 @@ impl Window {
         Ok(covered)
     }
 
-    /// Called when every sent batch has been answered but the cursor does not cover them all:
-    /// when the cursor moved since the last settle (the upstream stored part, e.g. a batch
-    /// cut short), the rest is forgotten and sent again from the cursor, as a one-batch relay
+    /// Called when every sent batch has been answered but the acked seq does not cover them all:
+    /// when the acked seq moved since the last settle (the upstream stored part, e.g. a batch
+    /// cut short), the rest is forgotten and sent again from the acked seq, as a one-batch relay
     /// would; otherwise the upstream stored nothing, which breaks the contract.
     ///
     /// # Errors
@@ -105,15 +105,15 @@ impl Window {
             return Ok(());
         }
         let last = self.last_sent();
-        if self.cursor == self.settled_at {
+        if self.acked_seq == self.settled_at {
             return Err(format!(
                 "upstream stored nothing of seqs {}..={last} (acked_seq {})",
-                self.cursor + 1,
-                self.cursor
+                self.acked_seq + 1,
+                self.acked_seq
             ));
         }
         self.sent.clear();
-        self.settled_at = self.cursor;
+        self.settled_at = self.acked_seq;
         Ok(())
     }
 }
@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(w.answer(30), Ok(20));
         // Batch 2's answer was computed before batch 1 was stored.
         assert_eq!(w.answer(10), Ok(0));
-        assert_eq!((w.cursor(), w.last_sent()), (30, 40));
+        assert_eq!((w.acked_seq(), w.last_sent()), (30, 40));
         assert!(w.has_room());
         assert_eq!(w.answer(40), Ok(10));
         assert!(w.is_covered());
@@ -147,7 +147,7 @@ mod tests {
         w.sent(5, 5);
         let err = w.answer(6).unwrap_err();
         assert!(err.contains("acked seq 6 but only up to 5"), "{err}");
-        assert_eq!(w.cursor(), 0);
+        assert_eq!(w.acked_seq(), 0);
     }
 
     #[test]

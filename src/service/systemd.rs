@@ -24,7 +24,7 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
-/// One line for `systemctl status`: upstream state, backlog and cursor, the last error if down.
+/// One line for `systemctl status`: upstream state, backlog and acked seq, the last error if down.
 pub fn status_line(r: &StatusReport) -> String {
     let mut line = format!(
         "upstream {}; backlog {} events ({} bytes); acked_seq {}, next_seq {}",
@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn status_line_names_upstream_backlog_and_cursor_and_the_error_only_when_down() {
+    fn status_line_names_upstream_backlog_and_acked_seq_and_the_error_only_when_down() {
         assert_eq!(
             status_line(&report(UpstreamState::Connected, Some("old"))),
             "upstream connected; backlog 12 events (3456 bytes); acked_seq 100, next_seq 113"

@@ -44,7 +44,7 @@ impl SinkBackend {
         }
     }
 
-    /// `edge_cursor`: the stream's durable contiguous mark.
+    /// `edge_cursor`: the stream's durable acked seq.
     ///
     /// # Errors
     /// A storage or database failure.

@@ -17,7 +17,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         ("stores_a_batch_once", |s| Box::pin(stores_a_batch_once(s))),
         ("mark_stays_contiguous_across_out_of_order_batches", |s| {
-            Box::pin(mark_stays_contiguous_across_out_of_order_batches(s))
+            Box::pin(acked_seq_stays_contiguous_across_out_of_order_batches(s))
         }),
         ("gaps_count_as_stored", |s| {
             Box::pin(gaps_count_as_stored(s))
@@ -31,7 +31,7 @@ pub fn cases() -> Vec<Case> {
         ),
         (
             "a_gap_over_an_event_stored_ahead_ends_the_mark_without_id",
-            |s| Box::pin(a_gap_over_an_event_stored_ahead_ends_the_mark_without_id(s)),
+            |s| Box::pin(a_gap_over_an_event_stored_ahead_ends_the_acked_seq_without_id(s)),
         ),
         ("a_gap_over_stored_events_is_recorded_without_them", |s| {
             Box::pin(a_gap_over_stored_events_is_recorded_without_them(s))
@@ -135,12 +135,12 @@ async fn stores_a_batch_once(store: SinkBackend) {
     assert_eq!(store.cursor("gw-02", stream).await.unwrap(), NO_ACK);
 }
 
-async fn mark_stays_contiguous_across_out_of_order_batches(store: SinkBackend) {
+async fn acked_seq_stays_contiguous_across_out_of_order_batches(store: SinkBackend) {
     let stream = Uuid::new_v4();
     let ahead = batch(stream, &[5, 6], None);
     assert_eq!(store.ingest(&ahead).await.unwrap(), NO_ACK);
     assert_eq!(put(&store, stream, &[1, 2], None).await, Some(2));
-    // 3 and 4 close the hole: the mark runs over the stored 5 and 6 and names 6's id.
+    // 3 and 4 close the hole: the acked seq runs over the stored 5 and 6 and names 6's id.
     let ack = store.ingest(&batch(stream, &[2, 3, 4], None)).await;
     assert_eq!(pair(ack.unwrap()), (Some(6), Some(ahead.events[1].id)));
     assert_eq!(seqs(&store, stream).await, [1, 2, 3, 4, 5, 6]);
@@ -155,14 +155,14 @@ async fn gaps_count_as_stored(store: SinkBackend) {
     let stream = Uuid::new_v4();
     put(&store, stream, &[1, 2], None).await;
     assert_eq!(put(&store, stream, &[6, 7], Some((3, 5))).await, Some(7));
-    // A gap alone moves the mark onto a seq with no event: no id.
+    // A gap alone moves the acked seq onto a seq with no event: no id.
     let ack = store.ingest(&batch(stream, &[], Some((8, 9)))).await;
     assert_eq!(pair(ack.unwrap()), (Some(9), None));
-    // Gaps ahead of the mark are kept, merged with what they touch, and used later.
+    // Gaps ahead of the acked seq are kept, merged with what they touch, and used later.
     assert_eq!(put(&store, stream, &[], Some((12, 14))).await, Some(9));
     assert_eq!(put(&store, stream, &[16], Some((13, 15))).await, Some(9));
     assert_eq!(put(&store, stream, &[10, 11], None).await, Some(16));
-    // A gap at or below the mark changes nothing.
+    // A gap at or below the acked seq changes nothing.
     assert_eq!(put(&store, stream, &[7], Some((1, 6))).await, Some(16));
     let gaps = [gap_of(3, 5), gap_of(8, 9), gap_of(12, 15)];
     assert_eq!(store.gaps("gw-01", stream).await.unwrap(), gaps);
@@ -202,7 +202,7 @@ async fn invalid_batch_stores_nothing(store: SinkBackend) {
 
 async fn a_batch_overlapping_stored_runs_stores_only_the_holes(store: SinkBackend) {
     let stream = Uuid::new_v4();
-    // Runs 3..=4 and 8..=9 ahead of the mark, then one batch across both.
+    // Runs 3..=4 and 8..=9 ahead of the acked seq, then one batch across both.
     assert_eq!(put(&store, stream, &[3, 4], None).await, None);
     assert_eq!(put(&store, stream, &[8, 9], None).await, None);
     let kept = store.events("gw-01", stream).await.unwrap();
@@ -220,7 +220,7 @@ async fn a_batch_overlapping_stored_runs_stores_only_the_holes(store: SinkBacken
     assert_eq!(events[8], kept[3]);
 }
 
-async fn a_gap_over_an_event_stored_ahead_ends_the_mark_without_id(store: SinkBackend) {
+async fn a_gap_over_an_event_stored_ahead_ends_the_acked_seq_without_id(store: SinkBackend) {
     let stream = Uuid::new_v4();
     // Event 5 arrives ahead; then a gap 3..=6 (the gateway dropped them after all).
     assert_eq!(put(&store, stream, &[1, 2], None).await, Some(2));

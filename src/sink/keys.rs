@@ -5,7 +5,7 @@ use uuid::Uuid;
 use crate::contract::Ack;
 
 // Design: three trees, written together by one sled transaction per ingest call:
-//   streams: stream uuid (16) ++ gateway (utf8) -> prefix u64 ++ mark u64 [++ acked id (16)]
+//   streams: stream uuid (16) ++ gateway (utf8) -> prefix u64 ++ acked seq u64 [++ acked id (16)]
 //   runs:    prefix u64 ++ first_seq u64 ++ piece u16 -> a piece of a run of events (`runs`)
 //   gaps:    prefix u64 ++ dropped_from u64    -> dropped_to u64 (disjoint, non-touching ranges)
 // Integers are big-endian, so key order is seq order and one stream is one key range. `prefix`
@@ -71,9 +71,9 @@ pub(super) fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64, KeyError
 pub(super) struct StreamRecord {
     /// First 8 bytes of this stream's `events` and `gaps` keys.
     pub prefix: u64,
-    /// Contiguous high-water mark; 0 = nothing contiguous yet (seqs start at 1).
-    pub mark: u64,
-    /// Id of the event at `mark`; `None` when `mark` is 0 or inside a gap.
+    /// Contiguous acked seq; 0 = nothing contiguous yet (seqs start at 1).
+    pub acked_seq: u64,
+    /// Id of the event at `acked_seq`; `None` when `acked_seq` is 0 or inside a gap.
     pub acked_id: Option<Uuid>,
 }
 
@@ -81,7 +81,12 @@ impl StreamRecord {
     /// 16 bytes, or 32 with an `acked_id`.
     pub fn encode(&self) -> Vec<u8> {
         let id = self.acked_id.as_ref().map_or(&[][..], |id| id.as_bytes());
-        [&self.prefix.to_be_bytes()[..], &self.mark.to_be_bytes(), id].concat()
+        [
+            &self.prefix.to_be_bytes()[..],
+            &self.acked_seq.to_be_bytes(),
+            id,
+        ]
+        .concat()
     }
 
     /// Inverse of [`StreamRecord::encode`].
@@ -97,7 +102,7 @@ impl StreamRecord {
         };
         Ok(Self {
             prefix: decode_u64(&raw[..8], "stream prefix")?,
-            mark: decode_u64(&raw[8..16], "stream mark")?,
+            acked_seq: decode_u64(&raw[8..16], "stream acked seq")?,
             acked_id,
         })
     }
@@ -105,7 +110,7 @@ impl StreamRecord {
     /// The contract's view of this record.
     pub fn ack(&self) -> Ack {
         Ack {
-            acked_seq: (self.mark > 0).then_some(self.mark),
+            acked_seq: (self.acked_seq > 0).then_some(self.acked_seq),
             acked_id: self.acked_id,
         }
     }
@@ -134,7 +139,7 @@ mod tests {
         for acked_id in [None, Some(Uuid::now_v7())] {
             let record = StreamRecord {
                 prefix: 3,
-                mark: 9,
+                acked_seq: 9,
                 acked_id,
             };
             assert_eq!(StreamRecord::decode(&record.encode()).unwrap(), record);
@@ -142,7 +147,7 @@ mod tests {
         }
         let empty = StreamRecord {
             prefix: 0,
-            mark: 0,
+            acked_seq: 0,
             acked_id: None,
         };
         assert_eq!(empty.ack(), NO_ACK);

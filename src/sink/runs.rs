@@ -10,7 +10,7 @@
 //! Keys: `prefix (u64 BE) | first_seq (u64 BE) | piece (u16 BE)`, so one stream is one key
 //! range, walked in seq order, each run's pieces in order. Stored runs never overlap: a batch
 //! stores only seqs no run holds yet. A run is closed at `chunk::CHUNK_TARGET_BYTES` of plain
-//! body, so reading the one event the mark lands on decodes at most that much.
+//! body, so reading the one event the acked seq lands on decodes at most that much.
 
 use crate::event::Event;
 use crate::outbox::chunk::{self, Builder, Chunk, PIECE_MAX_BYTES};

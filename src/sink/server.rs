@@ -83,7 +83,7 @@ impl SinkService {
         self
     }
 
-    /// `edge_ingest`: store a batch, answer the contiguous mark. Idempotent: a batch sent
+    /// `edge_ingest`: store a batch, answer the acked seq. Idempotent: a batch sent
     /// again is dropped by seq.
     #[tool(
         name = "edge_ingest",
@@ -100,7 +100,7 @@ impl SinkService {
         answer("edge_ingest", &gateway, stream, result)
     }
 
-    /// `edge_cursor`: answer the contiguous mark; changes nothing.
+    /// `edge_cursor`: answer the acked seq; changes nothing.
     #[tool(
         name = "edge_cursor",
         description = CURSOR_DESCRIPTION,
@@ -462,12 +462,12 @@ mod tests {
         let listener = TcpListener::bind(addr).await.unwrap();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve_http(listener, store.clone(), shutdown.clone()));
-        let cursor = json!({"gateway": "gw-01", "stream": stream});
+        let cursor_args = json!({"gateway": "gw-01", "stream": stream});
         let (status, _, _) = send(
             addr,
             MCP_PATH,
             Some(&session),
-            Some(call(5, "edge_cursor", cursor.clone())),
+            Some(call(5, "edge_cursor", cursor_args.clone())),
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND);

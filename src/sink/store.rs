@@ -24,7 +24,7 @@ use crate::sink::uncovered::uncovered;
 pub const CACHE_CAPACITY_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest accepted `gateway`, in bytes.
 pub const MAX_GATEWAY_LEN: usize = 256;
-/// Ingests and cursor reads of one stream are serialised by one of this many locks (by hash).
+/// Ingests and `edge_cursor` reads of one stream are serialised by one of this many locks (by hash).
 const LOCK_STRIPES: usize = 64;
 
 /// Counters since [`SinkStore::open`] (in memory, not persisted).
@@ -34,7 +34,7 @@ pub struct SinkStats {
     pub batches: u64,
     /// Events written (new seqs).
     pub events_stored: u64,
-    /// Events ignored because their seq was at or below the mark or already stored.
+    /// Events ignored because their seq was at or below the acked seq or already stored.
     pub duplicates_ignored: u64,
 }
 
@@ -51,7 +51,7 @@ pub struct SinkStore {
     stats: Mutex<SinkStats>,
 }
 
-/// Only the field the mark needs when it lands on an event stored by an earlier call.
+/// Only the field the acked seq needs when it lands on an event stored by an earlier call.
 #[derive(Deserialize)]
 struct EventId {
     id: Uuid,
@@ -98,9 +98,9 @@ impl SinkStore {
         })
     }
 
-    /// Stores a batch (`edge_ingest`) and answers with the stream's contiguous mark.
+    /// Stores a batch (`edge_ingest`) and answers with the stream's acked seq.
     ///
-    /// Events with `seq` at or below the mark, or already stored, are ignored as duplicates.
+    /// Events with `seq` at or below the acked seq, or already stored, are ignored as duplicates.
     /// `gap` is recorded and its seqs count as stored. Everything of one call is one atomic
     /// sled transaction, fsynced before this returns.
     ///
@@ -120,7 +120,7 @@ impl SinkStore {
             Some(record) => record,
             None => StreamRecord {
                 prefix: self.db.generate_id()?,
-                mark: 0,
+                acked_seq: 0,
                 acked_id: None,
             },
         };
@@ -128,10 +128,10 @@ impl SinkStore {
 
         let mut gap_batch = sled::Batch::default();
         let new_gaps = match args.gap {
-            Some(gap) => self.record_gap(prefix, old.mark, gap, &mut gap_batch)?,
+            Some(gap) => self.record_gap(prefix, old.acked_seq, gap, &mut gap_batch)?,
             None => Vec::new(),
         };
-        let fresh = self.fresh(prefix, old.mark, &args.events)?;
+        let fresh = self.fresh(prefix, old.acked_seq, &args.events)?;
         let mut run_batch = sled::Batch::default();
         runs::put(&mut run_batch, prefix, &fresh)?;
         let new = self.advance(old, &fresh, &new_gaps)?;
@@ -161,15 +161,15 @@ impl SinkStore {
             log::info!(gateway = args.gateway.as_str(), stream:% = args.stream; "sink: new stream");
         }
         log::debug!(gateway = args.gateway.as_str(), stream:% = args.stream,
-            stored = fresh.len(), duplicates = duplicates, acked_seq = new.mark; "sink: batch");
+            stored = fresh.len(), duplicates = duplicates, acked_seq = new.acked_seq; "sink: batch");
         Ok(new.ack())
     }
 
-    /// The stream's contiguous mark (`edge_cursor`); `acked_seq: None` when the
+    /// The stream's acked seq (`edge_cursor`); `acked_seq: None` when the
     /// stream is unknown or nothing is contiguous from seq 1 yet.
     ///
     /// Async because it waits for an ingest of the same stream in flight and fsyncs, so it
-    /// never reports a mark that is not yet durable.
+    /// never reports an acked seq that is not yet durable.
     ///
     /// # Errors
     /// [`SinkError::Storage`] or [`SinkError::Corrupt`].
@@ -177,16 +177,16 @@ impl SinkStore {
         let skey = stream_key(gateway, stream);
         let _guard = self.lock(&skey).lock().await;
         self.sync.flush(&self.db).await?;
-        self.written_mark(gateway, stream)
+        self.written_acked_seq(gateway, stream)
     }
 
-    /// The stream's mark as last written, without waiting for an ingest in flight or an fsync:
+    /// The stream's acked seq as last written, without waiting for an ingest in flight or an fsync:
     /// for monitors that must not block (the partition suite checks after every simulated tick
-    /// that the relay's cursor never passes it). Answer relays with [`SinkStore::cursor`].
+    /// that the relay's acked seq never passes it). Answer relays with [`SinkStore::cursor`].
     ///
     /// # Errors
     /// [`SinkError::Storage`] or [`SinkError::Corrupt`].
-    pub fn written_mark(&self, gateway: &str, stream: Uuid) -> Result<Ack, SinkError> {
+    pub fn written_acked_seq(&self, gateway: &str, stream: Uuid) -> Result<Ack, SinkError> {
         let record = self.record(&stream_key(gateway, stream))?;
         Ok(record.map_or(NO_ACK, |record| record.ack()))
     }
@@ -203,7 +203,7 @@ impl SinkStore {
     }
 
     /// Recorded gaps of a stream, in seq order; overlapping or adjacent gaps are merged and
-    /// parts at or below the mark when they arrived are left out.
+    /// parts at or below the acked seq when they arrived are left out.
     ///
     /// # Errors
     /// [`SinkError::Storage`] or [`SinkError::Corrupt`].
@@ -268,7 +268,7 @@ impl SinkStore {
             .map_err(SinkError::from)
     }
 
-    /// Adds `gap` to `batch`, minus what is at or below `mark` and minus the seqs stored
+    /// Adds `gap` to `batch`, minus what is at or below `acked_seq` and minus the seqs stored
     /// runs hold (with several batches in flight, a relay can report as dropped events that
     /// already arrived: it dropped them locally while their answer was lost), each part
     /// merged with the stored gaps it overlaps or touches. Returns the merged ranges that are
@@ -276,14 +276,14 @@ impl SinkStore {
     fn record_gap(
         &self,
         prefix: u64,
-        mark: u64,
+        acked_seq: u64,
         gap: Gap,
         batch: &mut sled::Batch,
     ) -> Result<Vec<(u64, u64)>, SinkError> {
-        if gap.dropped_to <= mark {
+        if gap.dropped_to <= acked_seq {
             return Ok(Vec::new());
         }
-        let (lo, hi) = (gap.dropped_from.max(mark + 1), gap.dropped_to);
+        let (lo, hi) = (gap.dropped_from.max(acked_seq + 1), gap.dropped_to);
         let stored = runs::overlapping(&self.runs, prefix, lo, hi)?;
         let parts = uncovered(lo, hi, stored.iter().map(|span| (span.first, span.last)));
         let mut merged = Vec::new();
@@ -292,24 +292,24 @@ impl SinkStore {
                 dropped_from: from,
                 dropped_to: to,
             };
-            merged.extend(self.merge_gap(prefix, mark, part, batch)?);
+            merged.extend(self.merge_gap(prefix, acked_seq, part, batch)?);
         }
         Ok(merged)
     }
 
-    /// Adds `gap` (minus what is at or below `mark`) to `batch`, merged with the stored gaps
+    /// Adds `gap` (minus what is at or below `acked_seq`) to `batch`, merged with the stored gaps
     /// it overlaps or touches. Returns the merged range, or `None` when nothing is new.
     fn merge_gap(
         &self,
         prefix: u64,
-        mark: u64,
+        acked_seq: u64,
         gap: Gap,
         batch: &mut sled::Batch,
     ) -> Result<Option<(u64, u64)>, SinkError> {
-        if gap.dropped_to <= mark {
+        if gap.dropped_to <= acked_seq {
             return Ok(None);
         }
-        let (mut lo, mut hi) = (gap.dropped_from.max(mark + 1), gap.dropped_to);
+        let (mut lo, mut hi) = (gap.dropped_from.max(acked_seq + 1), gap.dropped_to);
         let range = seq_key(prefix, 0)..=seq_key(prefix, hi.saturating_add(1));
         let mut merged = false;
         // Stored gaps are disjoint, so walking down by start also walks down by end.
@@ -329,15 +329,15 @@ impl SinkStore {
         Ok(Some((lo, hi)))
     }
 
-    /// The events of `events` (seqs strictly increasing) that are above `mark` and in no
+    /// The events of `events` (seqs strictly increasing) that are above `acked_seq` and in no
     /// stored run: one range read of the runs that overlap the batch, no lookup per event.
     fn fresh<'a>(
         &self,
         prefix: u64,
-        mark: u64,
+        acked_seq: u64,
         events: &'a [Event],
     ) -> Result<Vec<&'a Event>, SinkError> {
-        let above: &[Event] = &events[events.partition_point(|e| e.seq <= mark)..];
+        let above: &[Event] = &events[events.partition_point(|e| e.seq <= acked_seq)..];
         let (Some(lo), Some(hi)) = (above.first(), above.last()) else {
             return Ok(Vec::new());
         };
@@ -353,7 +353,7 @@ impl SinkStore {
         Ok(fresh)
     }
 
-    /// Moves the mark forward over this batch's new events, stored runs and gaps.
+    /// Moves the acked seq forward over this batch's new events, stored runs and gaps.
     fn advance(
         &self,
         old: StreamRecord,
@@ -361,21 +361,21 @@ impl SinkStore {
         new_gaps: &[(u64, u64)],
     ) -> Result<StreamRecord, SinkError> {
         let prefix = old.prefix;
-        let (mut mark, mut acked_id) = (old.mark, old.acked_id);
-        // The stored run the mark ends in, when it does (its last event's id is read once).
+        let (mut acked_seq, mut acked_id) = (old.acked_seq, old.acked_id);
+        // The stored run the acked seq ends in, when it does (its last event's id is read once).
         let mut in_run: Option<Span> = None;
-        while let Some(next) = mark.checked_add(1) {
+        while let Some(next) = acked_seq.checked_add(1) {
             if let Ok(i) = fresh.binary_search_by_key(&next, |e| e.seq) {
-                (mark, acked_id, in_run) = (next, Some(fresh[i].id), None);
+                (acked_seq, acked_id, in_run) = (next, Some(fresh[i].id), None);
             } else if let Some(span) = runs::holding(&self.runs, prefix, next)? {
-                (mark, in_run) = (span.last, Some(span));
+                (acked_seq, in_run) = (span.last, Some(span));
             } else if let Some(to) =
                 match new_gaps.iter().find(|&&(lo, hi)| (lo..=hi).contains(&next)) {
                     Some(&(_, hi)) => Some(hi),
                     None => self.gap_end(prefix, next)?,
                 }
             {
-                (mark, acked_id, in_run) = (to, None, None);
+                (acked_seq, acked_id, in_run) = (to, None, None);
             } else {
                 break;
             }
@@ -387,9 +387,9 @@ impl SinkStore {
                 .map_err(|e| SinkError::Corrupt(e.to_string()))?;
             let (seq, line) = events
                 .last()
-                .filter(|(seq, _)| *seq == mark)
+                .filter(|(seq, _)| *seq == acked_seq)
                 .ok_or_else(|| {
-                    SinkError::Corrupt(format!("run at seq {} ends before {mark}", span.first))
+                    SinkError::Corrupt(format!("run at seq {} ends before {acked_seq}", span.first))
                 })?;
             let event: EventId = serde_json::from_slice(line)
                 .map_err(|e| SinkError::Corrupt(format!("event seq {seq}: {e}")))?;
@@ -397,7 +397,7 @@ impl SinkStore {
         }
         Ok(StreamRecord {
             prefix,
-            mark,
+            acked_seq,
             acked_id,
         })
     }

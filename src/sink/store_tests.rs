@@ -51,7 +51,7 @@ async fn large_events_are_stored_without_sled_blobs_and_read_back_whole() {
         }
         let ack = store.ingest(&args).await.unwrap();
         assert_eq!(ack.acked_seq, Some(2 * round + 2));
-        // The mark's id is read back from an event stored in pieces.
+        // The acked seq's id is read back from an event stored in pieces.
         let again = store.ingest(&batch(stream, &[], None)).await.unwrap();
         assert_eq!(again.acked_id, Some(args.events[1].id));
     }
@@ -103,7 +103,7 @@ async fn a_store_of_the_first_layout_is_converted_to_runs_at_open() {
         let db = sled::open(dir.path()).unwrap();
         let record = StreamRecord {
             prefix: 7,
-            mark: 3,
+            acked_seq: 3,
             acked_id: Some(old.events[2].id),
         };
         let skey = stream_key("gw-01", stream);
@@ -128,7 +128,7 @@ async fn a_store_of_the_first_layout_is_converted_to_runs_at_open() {
         pair(store.cursor("gw-01", stream).await.unwrap()),
         (Some(3), Some(old.events[2].id))
     );
-    // 5 and 6, converted, count as stored: only 4 is new, and the mark runs over them.
+    // 5 and 6, converted, count as stored: only 4 is new, and the acked seq runs over them.
     let args = batch(stream, &[4, 5, 6, 7], None);
     let ack = store.ingest(&args).await.unwrap();
     assert_eq!(pair(ack), (Some(7), Some(args.events[3].id)));

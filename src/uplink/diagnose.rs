@@ -9,7 +9,7 @@ use super::session::{Session, SessionConfig};
 
 /// Arguments the ingest tool's input schema must declare.
 pub const INGEST_ARGS: [&str; 3] = ["gateway", "stream", "events"];
-/// Arguments the cursor tool's input schema must declare.
+/// Arguments the `edge_cursor` tool's input schema must declare.
 pub const CURSOR_ARGS: [&str; 2] = ["gateway", "stream"];
 
 /// Names in `want` missing from a JSON schema's `properties`.
@@ -34,7 +34,7 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
-    /// Checks `tools` for the ingest and cursor tools named in `config`.
+    /// Checks `tools` for the ingest and `edge_cursor` tools named in `config`.
     pub fn of(tools: &[Tool], config: &SessionConfig) -> Self {
         let mut diagnosis = Diagnosis {
             offered: tools.iter().map(|t| t.name.to_string()).collect(),

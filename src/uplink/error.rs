@@ -28,7 +28,7 @@ pub fn nothing_to_read(
     None
 }
 
-/// Why an upstream exchange failed. Every variant means "do not advance the cursor".
+/// Why an upstream exchange failed. Every variant means "do not advance the acked seq".
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     /// No answer within the named timeout; the request may or may not have been processed.

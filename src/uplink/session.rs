@@ -39,7 +39,7 @@ pub enum EraChoice {
 pub struct SessionConfig {
     /// Name of the ingest tool (`upstream.ingest_tool`).
     pub ingest_tool: String,
-    /// Name of the cursor tool (`upstream.cursor_tool`).
+    /// Name of the `edge_cursor` tool (`upstream.cursor_tool`).
     pub cursor_tool: String,
     /// Timeout of the session start and of each request.
     pub request_timeout: Duration,
@@ -215,7 +215,7 @@ impl Session {
             .map_err(|e| service_error("tools/list", e, self.read))
     }
 
-    /// `edge_cursor`: the upstream's contiguous high-water mark for this stream.
+    /// `edge_cursor`: the upstream's acked seq for this stream.
     ///
     /// # Errors
     /// Any [`UplinkError`].
@@ -224,7 +224,7 @@ impl Session {
     }
 
     /// `edge_ingest`: delivers a batch; the answer's `acked_seq` is the only thing that may
-    /// advance the cursor (docs/DESIGN.md §8).
+    /// advance the acked seq (docs/DESIGN.md §8).
     ///
     /// # Errors
     /// Any [`UplinkError`]; after an error the batch may or may not be stored upstream.
@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn reads_the_ack_and_refuses_broken_answers() {
         let ok = CallToolResult::structured(json!({"acked_seq": 7, "acked_id": null}));
-        assert_eq!(parse_ack("t", ok).unwrap().cursor(), 7);
+        assert_eq!(parse_ack("t", ok).unwrap().acked_seq_or_zero(), 7);
         let null = CallToolResult::structured(json!({"acked_seq": null, "acked_id": null}));
         assert_eq!(parse_ack("t", null).unwrap().acked_seq, None);
 

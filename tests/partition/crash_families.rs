@@ -41,7 +41,7 @@ pub(crate) const PEER_PACE_MS: std::ops::Range<u64> = 10..40;
 pub(crate) const PEER_BATCH: u64 = 20;
 /// Kills per run (a run is one setup, one producer, one audit).
 const CYCLES_PER_RUN: u64 = 25;
-/// Liveness bound after the last restart: reconnect, cursor, then the backlog that built up
+/// Liveness bound after the last restart: reconnect, acked seq, then the backlog that built up
 /// while the victim was down (≈10 s measured for Mosquitto on a loaded 2-core box).
 const DRAIN_BOUND: Duration = Duration::from_secs(45);
 /// Bound on a producer's last batch.
@@ -155,9 +155,9 @@ async fn relay_run(rng: &mut StdRng, dir: &Path, cycles: u64, mqtt: bool) -> Run
     } else {
         http_producer(port, rng.random(), 40, 0..10)
     };
-    let sampler = CursorSampler::start(
+    let sampler = AckedSeqSampler::start(
         move || async move { status(port).await.map(|s| (s.stream, s.acked_seq)) },
-        store_mark(store.clone()),
+        stored_acked_seq(store.clone()),
     );
     for cycle in 0..cycles {
         // A random moment after this life accepted a batch or, every third kill, after it
@@ -208,7 +208,7 @@ async fn relay_run(rng: &mut StdRng, dir: &Path, cycles: u64, mqtt: bool) -> Run
 }
 
 /// Relay acked seqs in the sampler's form, for an in-process relay.
-pub(crate) fn outbox_cursor(
+pub(crate) fn outbox_acked_seq(
     outbox: Outbox,
 ) -> impl Fn() -> std::future::Ready<Option<(Uuid, u64)>> {
     move || {
@@ -223,7 +223,7 @@ pub(crate) fn outbox_cursor(
 pub(crate) async fn settle(
     relay: Daemon,
     producer: Producer<(u64, Uuid)>,
-    sampler: CursorSampler,
+    sampler: AckedSeqSampler,
 ) -> (Vec<(u64, Uuid)>, Uuid, Duration) {
     let restarted = Instant::now();
     let accepted = producer.finish(PRODUCER_STOP).await;
@@ -276,7 +276,8 @@ async fn upstream_run(rng: &mut StdRng, dir: &Path, cycles: u64, eras: &str) -> 
     let url = format!("http://{listen}/mcp");
     let relay = start_relay(relay_config(&dir.join("relay"), &url)).await;
     let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
-    let sampler = CursorSampler::start(outbox_cursor(relay.outbox.clone()), mcp_mark(url));
+    let sampler =
+        AckedSeqSampler::start(outbox_acked_seq(relay.outbox.clone()), mcp_acked_seq(url));
     for _ in 0..cycles {
         // A random moment while the relay delivers to this life of the upstream.
         acked_at_least(&relay, relay.outbox.stats().acked_seq + 1).await;
@@ -319,9 +320,9 @@ async fn mosquitto_run(rng: &mut StdRng, dir: &Path, cycles: u64) -> RunEnd {
         Mosquitto::start(&dir.join("broker"), false).unwrap_or_else(|e| panic!("{e:#}"));
     let sink = MqttSink::open(&dir.join("sink"), &broker.url()).await;
     let relay = start_relay(relay_config_mqtt(&dir.join("relay"), &broker.url())).await;
-    let sampler = CursorSampler::start(
-        outbox_cursor(relay.outbox.clone()),
-        store_mark(sink.store().clone()),
+    let sampler = AckedSeqSampler::start(
+        outbox_acked_seq(relay.outbox.clone()),
+        stored_acked_seq(sink.store().clone()),
     );
     let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
     for _ in 0..cycles {

@@ -12,7 +12,8 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 
 use crate::crash_families::{
-    KILL_AFTER_MS, PEER_BATCH, PEER_CYCLES_VAR, PEER_PACE_MS, RunEnd, family, outbox_cursor, settle,
+    KILL_AFTER_MS, PEER_BATCH, PEER_CYCLES_VAR, PEER_PACE_MS, RunEnd, family, outbox_acked_seq,
+    settle,
 };
 use crate::real_net::*;
 use crate::support::postgres::Postgres;
@@ -123,12 +124,15 @@ async fn fleet_run(
     config.upstream.urls = fleet.urls();
     let relay = start_relay(config).await;
     let producer = http_producer(relay.ingest_addr, rng.random(), PEER_BATCH, PEER_PACE_MS);
-    let marks = Arc::new(
+    let acked_seqs = Arc::new(
         PgStore::connect(&fleet.url)
             .await
             .expect("the fleet database"),
     );
-    let sampler = CursorSampler::start(outbox_cursor(relay.outbox.clone()), store_mark(marks));
+    let sampler = AckedSeqSampler::start(
+        outbox_acked_seq(relay.outbox.clone()),
+        stored_acked_seq(acked_seqs),
+    );
     for cycle in 0..cycles {
         acked_at_least(&relay, relay.outbox.stats().acked_seq + 1).await;
         hold(rng, KILL_AFTER_MS).await;

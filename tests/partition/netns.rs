@@ -310,15 +310,15 @@ async fn one_run(summary: &mut FamilySummary, rng: &mut StdRng, run: u64, cuts: 
     net.kill(sink);
     drop(net);
     let store = SinkStore::open(&sink_dir).unwrap();
-    let mark = store
+    let acked_seq = store
         .cursor(GATEWAY, report.stream)
         .await
         .unwrap()
         .acked_seq;
     assert_eq!(
-        mark,
+        acked_seq,
         Some(report.acked_seq),
-        "the relay's cursor equals the upstream's mark"
+        "the relay's acked seq equals the upstream's acked seq"
     );
     let result = audit(&accepted, &store.events(GATEWAY, report.stream).unwrap());
     let label = format!("run={run} schedule={schedule:?}");

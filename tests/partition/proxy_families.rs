@@ -236,12 +236,12 @@ async fn one_run(
     let relay = start_relay(config).await;
     let stream = relay.outbox.stats().stream;
     let outbox = relay.outbox.clone();
-    let sampler = CursorSampler::start(
+    let sampler = AckedSeqSampler::start(
         move || {
             let s = outbox.stats();
             async move { Some((s.stream, s.acked_seq)) }
         },
-        store_mark(peers.store.clone()),
+        stored_acked_seq(peers.store.clone()),
     );
     let seed = rng.random();
     let (http, mqtt) = match link {

@@ -1,5 +1,5 @@
 //! Shared harness of the families over real sockets and processes: seeds, producers, the
-//! acked-cursor sampler and the per-run verdict.
+//! acked seq sampler and the per-run verdict.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ use crate::support::{Sink, accepted, event};
 pub const GATEWAY: &str = "test-gw";
 /// Pause between a producer's attempts while the daemon is down (a producer's own retry pace).
 pub const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// How often the sampler compares the relay's acked cursor with the upstream's mark.
+/// How often the sampler compares the relay's acked seq with the upstream's acked seq.
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 /// The run's seed: `PARTITION_SEED` if set, else a fresh one; printed with the command that
@@ -243,16 +243,16 @@ pub fn seqs_from_upstream(ids: &[Uuid], stored: &[Event]) -> Vec<(u64, Uuid)> {
         .collect()
 }
 
-/// Checks, every [`SAMPLE_EVERY`] while a run lasts, that the relay's acked cursor never passes
-/// the upstream's own contiguous mark (read after it, so the mark can only have grown).
-pub struct CursorSampler {
+/// Checks, every [`SAMPLE_EVERY`] while a run lasts, that the relay's acked seq never passes
+/// the upstream's own acked seq (read after it, so the acked seq can only have grown).
+pub struct AckedSeqSampler {
     stop: CancellationToken,
     task: JoinHandle<Result<u64, String>>,
 }
 
-impl CursorSampler {
+impl AckedSeqSampler {
     /// Starts sampling; `relay` answers the relay's `(stream, acked_seq)` and `upstream` the
-    /// upstream's mark of a stream, each `None` while that side is down.
+    /// upstream's acked seq of a stream, each `None` while that side is down.
     pub fn start<R, RF, U, UF>(relay: R, upstream: U) -> Self
     where
         R: Fn() -> RF + Send + 'static,
@@ -266,11 +266,11 @@ impl CursorSampler {
             let mut samples = 0;
             while !stopped.is_cancelled() {
                 if let Some((stream, acked)) = relay().await
-                    && let Some(mark) = upstream(stream).await
+                    && let Some(acked_seq) = upstream(stream).await
                 {
-                    if acked > mark {
+                    if acked > acked_seq {
                         return Err(format!(
-                            "relay acked_seq {acked} passed the upstream's mark {mark}"
+                            "relay acked_seq {acked} passed the upstream's acked seq {acked_seq}"
                         ));
                     }
                     samples += 1;
@@ -296,26 +296,34 @@ impl CursorSampler {
             .await
             .expect("sampler task")
             .unwrap_or_else(|e| panic!("safety: {e}"));
-        assert!(samples > 0, "the cursor sampler took no sample");
+        assert!(samples > 0, "the acked seq sampler took no sample");
         samples
     }
 }
 
-/// The upstream's mark read from its store in this process (`edge_cursor`'s answer, durable):
+/// The upstream's acked seq read from its store in this process (`edge_cursor`'s answer, durable):
 /// a sled store, or the PostgreSQL database of a fleet.
-pub fn store_mark(
+pub fn stored_acked_seq(
     store: impl Into<SinkBackend>,
 ) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
     let store: SinkBackend = store.into();
     move |stream| {
         let store = store.clone();
-        Box::pin(async move { Some(store.cursor(GATEWAY, stream).await.ok()?.cursor()) })
+        Box::pin(async move {
+            Some(
+                store
+                    .cursor(GATEWAY, stream)
+                    .await
+                    .ok()?
+                    .acked_seq_or_zero(),
+            )
+        })
     }
 }
 
-/// The upstream's mark asked over MCP (session start, `edge_cursor`) on a fresh session, for an
+/// The upstream's acked seq asked over MCP (session start, `edge_cursor`) on a fresh session, for an
 /// upstream in another process; `None` while it does not answer.
-pub fn mcp_mark(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
+pub fn mcp_acked_seq(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>> {
     move |stream| {
         let url = url.clone();
         Box::pin(async move {
@@ -342,7 +350,7 @@ pub fn mcp_mark(url: String) -> impl Fn(Uuid) -> BoxFuture<'static, Option<u64>>
             };
             let ack = session.cursor(&args).await;
             session.close().await;
-            Some(ack.ok()?.cursor())
+            Some(ack.ok()?.acked_seq_or_zero())
         })
     }
 }

@@ -235,9 +235,9 @@ pub fn assert_stream_holds(store: &SinkStore, stream: Uuid, sent: &[(u64, Uuid)]
     );
 }
 
-/// Nothing of the relay's stream reached `store` and its cursor did not move.
+/// Nothing of the relay's stream reached `store` and its acked seq did not move.
 pub fn assert_nothing_delivered(store: &SinkStore, relay: &Daemon) {
-    assert_eq!(relay.outbox.stats().acked_seq, 0, "the cursor moved");
+    assert_eq!(relay.outbox.stats().acked_seq, 0, "the acked seq moved");
     let stream = relay.outbox.stats().stream;
     assert!(
         store.events("test-gw", stream).unwrap().is_empty(),

@@ -61,7 +61,7 @@ const SYNC_BOUND: Duration = Duration::from_secs(10);
 const START_BOUND: Duration = Duration::from_secs(30);
 /// Bound on the progress a cut waits for (a batch accepted, a batch delivered).
 const PROGRESS_BOUND: Duration = Duration::from_secs(30);
-/// Liveness bound after the last cut: reconnect, cursor, the backlog of up to 64 KiB events.
+/// Liveness bound after the last cut: reconnect, acked seq, the backlog of up to 64 KiB events.
 const DRAIN_BOUND: Duration = Duration::from_secs(60);
 /// Bound on a producer's last batch.
 const PRODUCER_STOP: Duration = Duration::from_secs(30);
@@ -380,15 +380,15 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
     end.violations.extend(conflicts(&answers));
     let produced = distinct_by_seq(&answers);
     match read_upstream(&sink_dir, stream).await {
-        Ok((stored, mark)) => {
+        Ok((stored, acked_seq)) => {
             end.audit = audit(&produced, &stored);
             if !end.audit.is_clean() {
                 end.violations
                     .push(format!("audit of the upstream's store: {}", end.audit));
             }
-            if let Some(acked) = relay_acked.filter(|&a| a != mark) {
+            if let Some(acked) = relay_acked.filter(|&a| a != acked_seq) {
                 end.violations.push(format!(
-                    "the relay's acked_seq {acked} differs from the upstream's durable mark {mark}"
+                    "the relay's acked_seq {acked} differs from the upstream's durable acked seq {acked_seq}"
                 ));
             }
         }
@@ -402,7 +402,7 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
     end
 }
 
-/// The upstream's events of `stream` and its mark, read from its store in `dir`, on a thread
+/// The upstream's events of `stream` and its acked seq, read from its store in `dir`, on a thread
 /// of its own: sled may panic or hang on a damaged store, which is then the error.
 async fn read_upstream(dir: &Path, stream: Uuid) -> Result<(Vec<Event>, u64), String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -411,9 +411,9 @@ async fn read_upstream(dir: &Path, stream: Uuid) -> Result<(Vec<Event>, u64), St
         let read = std::panic::catch_unwind(|| {
             let store = SinkStore::open(&dir).map_err(|e| format!("does not open: {e}"))?;
             let events = store.events(GATEWAY, stream);
-            let mark = store.written_mark(GATEWAY, stream);
-            match (events, mark) {
-                (Ok(events), Ok(mark)) => Ok((events, mark.cursor())),
+            let acked_seq = store.written_acked_seq(GATEWAY, stream);
+            match (events, acked_seq) {
+                (Ok(events), Ok(acked_seq)) => Ok((events, acked_seq.acked_seq_or_zero())),
                 (Err(e), _) | (_, Err(e)) => Err(format!("cannot be read: {e}")),
             }
         });

@@ -128,7 +128,7 @@ fn failure(seed: u64, why: &str) -> String {
     )
 }
 
-/// One seed: build the world, play the schedule, check the cursor after every tick, wait for
+/// One seed: build the world, play the schedule, check the acked seq after every tick, wait for
 /// the drain, audit. Returns the outcome (if the run got to its audit) and why it failed.
 fn run_seed(seed: u64) -> (Option<Outcome>, Option<String>) {
     let schedule = Arc::new(Schedule::generate(seed));
@@ -214,8 +214,8 @@ fn play(
         }
         if now > healed_at + DRAIN_BOUND {
             return Err(format!(
-                "liveness: backlog not drained {DRAIN_BOUND:?} after the last fault healed (at {healed_at:?}): relay {:?}, upstream mark {:?}, producer pending {}",
-                state.relay, state.mark, state.pending
+                "liveness: backlog not drained {DRAIN_BOUND:?} after the last fault healed (at {healed_at:?}): relay {:?}, upstream acked seq {:?}, producer pending {}",
+                state.relay, state.acked_seq, state.pending
             ));
         }
     }
@@ -237,43 +237,43 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: Action) {
 /// What the checker saw after one tick.
 struct Observed {
     relay: Option<OutboxStats>,
-    mark: Option<u64>,
+    acked_seq: Option<u64>,
     pending: bool,
     drained: bool,
 }
 
-/// Safety after every tick: the relay's acknowledged cursor never passes the upstream's
-/// stored mark. Also says whether everything accepted is delivered and acknowledged.
+/// Safety after every tick: the relay's acked seq never passes the upstream's
+/// stored acked seq. Also says whether everything accepted is delivered and acknowledged.
 fn observe(shared: &SharedRef) -> Result<Observed, String> {
     let s = shared.lock();
     let relay = s.relay.as_ref().map(|r| *r.borrow());
-    let mark = match (relay, s.sink.upgrade()) {
+    let acked_seq = match (relay, s.sink.upgrade()) {
         (Some(stats), Some(store)) => Some(
             store
-                .written_mark(GATEWAY, stats.stream)
-                .map_err(|e| format!("reading the upstream mark: {e}"))?
-                .cursor(),
+                .written_acked_seq(GATEWAY, stats.stream)
+                .map_err(|e| format!("reading the upstream acked seq: {e}"))?
+                .acked_seq_or_zero(),
         ),
         _ => None,
     };
-    if let (Some(stats), Some(mark)) = (relay, mark)
-        && stats.acked_seq > mark
+    if let (Some(stats), Some(acked_seq)) = (relay, acked_seq)
+        && stats.acked_seq > acked_seq
     {
         return Err(format!(
-            "safety: relay acked seq {} but the upstream has stored only up to {mark}",
+            "safety: relay acked seq {} but the upstream has stored only up to {acked_seq}",
             stats.acked_seq
         ));
     }
     let drained = s.stop_ingest
         && s.pending.is_none()
-        && relay.zip(mark).is_some_and(|(stats, mark)| {
+        && relay.zip(acked_seq).is_some_and(|(stats, acked_seq)| {
             stats.backlog_events == 0
                 && stats.acked_seq + 1 == stats.next_seq
-                && mark == stats.acked_seq
+                && acked_seq == stats.acked_seq
         });
     Ok(Observed {
         relay,
-        mark,
+        acked_seq,
         pending: s.pending.is_some(),
         drained,
     })
