@@ -292,7 +292,7 @@ impl IngestMqtt {
                             ..Publish::default()
                         };
                         acks.try_send(ack)
-                            .map_err(|e| MqttError::Closed(format!("PUBACK queue: {e}")))?;
+                            .map_err(|e| MqttError::AckQueue(Box::new(e)))?;
                     }
                     retry.reset();
                     done = end;

@@ -72,6 +72,12 @@ pub enum MqttError {
     /// The connection is gone (the reason its driver recorded).
     #[error("MQTT connection closed: {0}")]
     Closed(String),
+    /// A committed message's PUBACK could not be queued to the acker (full or stopped); the
+    /// message is redelivered by the broker and answered with its original seq.
+    #[error("PUBACK queue")]
+    AckQueue(
+        #[source] Box<tokio::sync::mpsc::error::TrySendError<rumqttc::v5::mqttbytes::v5::Publish>>,
+    ),
     /// A request could not be queued to the connection's driver, which has stopped.
     #[error("MQTT connection closed: request not sent")]
     Request(#[source] Box<rumqttc::v5::ClientError>),

@@ -373,3 +373,22 @@ async fn a_layout_2_store_of_plain_chunks_reads_unchanged_and_a_newer_layout_is_
         "{refused}"
     );
 }
+
+/// A damaged counter is damage, never "absent": a `next_seq` read as absent would restart at 1
+/// and answer producers with seqs already answered for other events.
+#[tokio::test]
+async fn a_damaged_counter_makes_the_store_unopenable_not_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, tree) = two_events_then_raw(dir.path()).await;
+    tree.insert(meta_key("next_seq"), &[0u8, 3][..]).unwrap();
+    db.flush().unwrap();
+    drop((tree, db));
+    let Err(err) = Outbox::open(dir.path(), config(100, 1 << 30, Overflow::Reject)) else {
+        panic!("a store with a 2-byte next_seq opened");
+    };
+    assert!(err.is_unopenable(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "corrupt outbox record at seq 0: counter next_seq is 2 bytes, not 8"
+    );
+}

@@ -30,8 +30,16 @@ const BATCH_KEYS: usize = 256;
 /// # Errors
 /// [`OutboxError::Storage`] from sled, or [`OutboxError::Corrupt`] for an unreadable stream id.
 pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError> {
+    // A counter that is absent has its initial value; one that is present but not 8 bytes is
+    // damage, never read as absent (a `next_seq` restarting at 1 would reuse answered seqs).
     let get = |name: &str| -> Result<Option<u64>, OutboxError> {
-        Ok(tree.get(meta_key(name))?.and_then(|v| be_u64(&v)))
+        match tree.get(meta_key(name))? {
+            None => Ok(None),
+            Some(v) => be_u64(&v).map(Some).ok_or_else(|| OutboxError::Corrupt {
+                seq: 0,
+                reason: format!("counter {name} is {} bytes, not 8", v.len()),
+            }),
+        }
     };
     let Some(stream) = tree.get(meta_key("stream"))? else {
         return init(tree);
