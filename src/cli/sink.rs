@@ -23,7 +23,7 @@ pub struct SinkArgs {
     /// nodes may share one; README "Run a fleet").
     #[arg(long, env = "EDGE_RELAY_SINK_STORE", conflicts_with = "data_dir")]
     pub store: Option<String>,
-    /// Also serve over MCP over MQTT through this broker (mqtt://host[:port] or mqtts://...).
+    /// Also serve over MCP over MQTT through this broker (mqtt://HOST or mqtt://HOST:PORT, or mqtts://...).
     #[arg(long)]
     pub mqtt: Option<String>,
     /// server-name announced over MQTT.
