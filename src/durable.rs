@@ -38,7 +38,7 @@ pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// the store's files cannot be opened for syncing (`sled::Error::Io`).
 pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, FsSync)> {
     let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
-    let db = open_waiting(&config)?;
+    let db = open_waiting(dir, &config)?;
     let sync = FsSync::open(dir)?;
     Ok((db, sync))
 }
@@ -54,22 +54,32 @@ pub fn is_unopenable(e: &sled::Error) -> bool {
     )
 }
 
-/// `config.open()`, retried while the lock is held, up to [`LOCK_RELEASE_WAIT`].
-fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
+/// `config.open()` on `dir`, waiting while another handle holds the store's lock, up to
+/// [`LOCK_RELEASE_WAIT`].
+fn open_waiting(dir: &Path, config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_RELEASE_WAIT;
-    loop {
-        match config.open() {
-            // sled reports a held lock as `Other` with this text (sled 0.34 `Config::try_lock`;
-            // its own test builds block on the lock for the same race).
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            result => return result,
-        }
+    while lock_held(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    config.open()
+}
+
+/// Whether another handle (of this process or another) holds sled's lock on `<dir>/db`. sled
+/// 0.34 takes it with `flock(LOCK_EX | LOCK_NB)` (fs2) and reports a held one only as text, so
+/// the lock is probed the same way here, and released at once. A store that does not exist yet
+/// is not locked.
+fn lock_held(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Ok(file) = File::open(dir.join("db")) else {
+        return false;
+    };
+    // SAFETY: `file` is open for the duration of both calls.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above; closing the file would release the lock too.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return false;
+    }
+    io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 /// Handles on a sled store's files, used to make each flush a real sync. Clones share them.
@@ -302,6 +312,21 @@ mod tests {
         let err = open(dir.path(), 1 << 20).unwrap_err().to_string();
         assert!(err.contains("could not acquire lock"), "{err}");
         assert!(started.elapsed() >= LOCK_RELEASE_WAIT);
+    }
+
+    #[test]
+    fn the_lock_probe_sees_sleds_lock_and_never_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!lock_held(dir.path()), "no store yet");
+        let held = open(dir.path(), 1 << 20).unwrap();
+        assert!(lock_held(dir.path()), "a live handle holds the lock");
+        drop(held);
+        assert!(!lock_held(dir.path()), "released with the handle");
+        // The probe released what it took: sled's own lock succeeds at once.
+        let started = Instant::now();
+        let reopened = open(dir.path(), 1 << 20);
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        assert!(started.elapsed() < LOCK_RELEASE_WAIT);
     }
 
     #[test]
