@@ -1,5 +1,7 @@
-//! The sink's store on PostgreSQL: several sink nodes on one database serve any gateway (docs/DESIGN.md §11).
+//! The sink's store on PostgreSQL: several sink nodes on one database serve any gateway
+//! (docs/DESIGN.md §11).
 
+mod convert;
 mod ingest;
 pub mod migrate;
 pub mod tls;
@@ -14,8 +16,8 @@ use uuid::Uuid;
 use crate::contract::{Ack, Gap, IngestArgs};
 use crate::event::Event;
 use crate::sink::error::SinkError;
-use crate::sink::keys::NO_ACK;
 use crate::sink::store::SinkStats;
+use convert::{chain, db_error};
 
 /// Connections one sink node keeps to the database at most; ingests beyond it wait for one.
 pub const POOL_SIZE: usize = 16;
@@ -84,7 +86,8 @@ impl PgStore {
     }
 
     /// Stores a batch (`edge_ingest`) in one transaction and answers with the
-    /// stream's contiguous mark after `COMMIT`: the same answers as [`crate::sink::SinkStore::ingest`].
+    /// stream's contiguous acked seq after `COMMIT`: the same answers as
+    /// [`crate::sink::SinkStore::ingest`].
     ///
     /// Batches of one stream from any number of nodes are serialised by a row lock on the
     /// stream (`SELECT ... FOR UPDATE`); events are inserted set-based (`UNNEST`) with
@@ -110,14 +113,14 @@ impl PgStore {
         Ok(outcome.ack)
     }
 
-    /// The stream's contiguous mark (`edge_cursor`) as last committed by any node;
+    /// The stream's contiguous acked seq (`edge_cursor`) as last committed by any node;
     /// `acked_seq: None` when the stream is unknown or nothing is contiguous yet.
     ///
     /// # Errors
     /// [`SinkError::Database`].
     pub async fn cursor(&self, gateway: &str, stream: Uuid) -> Result<Ack, SinkError> {
         let client = self.client().await?;
-        ingest::mark(&client, gateway, stream).await
+        ingest::acked_seq(&client, gateway, stream).await
     }
 
     /// All stored events of a stream, in seq order (empty for an unknown stream).
@@ -203,44 +206,5 @@ impl PgStore {
             .get()
             .await
             .map_err(|e| SinkError::Database(format!("no database connection: {}", chain(&e))))
-    }
-}
-
-/// A database error with the server's own message (tokio-postgres' `Display` alone says only
-/// "db error").
-pub(crate) fn db_error(e: tokio_postgres::Error) -> SinkError {
-    match e.as_db_error() {
-        Some(db) => SinkError::Database(format!(
-            "{} {}: {}",
-            db.severity(),
-            db.code().code(),
-            db.message()
-        )),
-        None => SinkError::Database(chain(&e)),
-    }
-}
-
-/// `e` and its sources, `: `-separated (the TLS handshake's reason sits two levels down).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text = format!("{text}: {next}");
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// The answer for a stream row: mark 0 is "nothing yet".
-fn ack_of(acked_seq: i64, acked_id: Option<Uuid>) -> Ack {
-    if acked_seq == 0 {
-        return NO_ACK;
-    }
-    Ack {
-        acked_seq: Some(acked_seq as u64),
-        acked_id,
     }
 }

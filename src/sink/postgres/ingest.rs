@@ -1,4 +1,5 @@
-//! One `edge_ingest` as one PostgreSQL transaction: lock the stream row, merge the gap, insert the new events, advance the mark.
+//! One `edge_ingest` as one PostgreSQL transaction: lock the stream row, insert the new events,
+//! merge the gap, advance the acked seq.
 
 use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::tokio_postgres::types::ToSql;
@@ -6,14 +7,14 @@ use deadpool_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::contract::{Ack, Gap, IngestArgs};
-use crate::event::Event;
 use crate::sink::error::SinkError;
-use crate::sink::postgres::{ack_of, db_error};
+use crate::sink::postgres::convert::{ack_of, db_error};
 
 // Design: the stream row's lock (FOR UPDATE) serialises batches of one stream across nodes,
-// so within the transaction the mark, the gaps and the events above the mark are stable; at
-// READ COMMITTED each statement sees what earlier holders of the lock committed. The mark
-// walks the same way as the sled store's: at each next seq an event run first, else a gap.
+// so within the transaction the acked seq, the gaps and the events above the acked seq are
+// stable; at READ COMMITTED each statement sees what earlier holders of the lock committed.
+// The acked seq walks the same way as the sled store's: at each next seq an event run first,
+// else a gap.
 
 /// Largest seq (and gap end) the PostgreSQL store takes: `bigint`, minus one so `seq + 1`
 /// cannot overflow in SQL. A relay reaches it after 9.2e18 events.
@@ -21,7 +22,7 @@ pub const MAX_SEQ: u64 = i64::MAX as u64 - 1;
 
 /// What one committed ingest did.
 pub(super) struct Outcome {
-    /// The stream's mark after the commit.
+    /// The stream's acked seq after the commit.
     pub ack: Ack,
     /// Events of the batch inserted (the rest were duplicates).
     pub stored: u64,
@@ -50,8 +51,8 @@ pub(super) fn validate(args: &IngestArgs) -> Result<(), SinkError> {
     Ok(())
 }
 
-/// The stream's committed mark.
-pub(super) async fn mark(
+/// The stream's committed acked seq.
+pub(super) async fn acked_seq(
     client: &impl GenericClient,
     gateway: &str,
     stream: Uuid,
@@ -61,7 +62,7 @@ pub(super) async fn mark(
         .unwrap_or(ack_of(0, None)))
 }
 
-/// The stream's committed mark, `None` for an unknown stream.
+/// The stream's committed acked seq, `None` for an unknown stream.
 async fn stream_row(
     client: &impl GenericClient,
     gateway: &str,
@@ -80,7 +81,7 @@ async fn stream_row(
 pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Outcome, SinkError> {
     let (gw, stream) = (args.gateway.as_str(), args.stream);
     if args.events.is_empty() && args.gap.is_none() {
-        // Nothing to store: the committed mark, without creating the stream.
+        // Nothing to store: the committed acked seq, without creating the stream.
         let row = stream_row(client, gw, stream).await?;
         return Ok(Outcome {
             counted: row.is_some(),
@@ -91,9 +92,18 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     let txn = client.transaction().await.map_err(db_error)?;
     const LOCK: &str =
         "SELECT acked_seq, acked_id FROM streams WHERE gateway = $1 AND stream = $2 FOR UPDATE";
-    let row = match row_opt(&txn, LOCK, &[&gw, &stream]).await? {
+    // Lock and insert in one round trip: sent in this order (both statements prepared, so
+    // each is sent at its first poll) and run in order, so the insert, which skips seqs at or
+    // below the acked seq it reads, starts once the lock is held.
+    txn.prepare_cached(LOCK).await.map_err(db_error)?;
+    txn.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
+    let key: [&(dyn ToSql + Sync); 2] = [&gw, &stream];
+    let (row, mut stored) =
+        futures::try_join!(row_opt(&txn, LOCK, &key), insert_events(&txn, args))?;
+    let row = match row {
         Some(row) => row,
         None => {
+            // A new stream: the insert above found no acked seq and stored nothing.
             exec(
                 &txn,
                 "INSERT INTO streams (gateway, stream) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -102,57 +112,58 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
             .await?;
             let row = row_one(&txn, LOCK, &[&gw, &stream]).await?;
             log::info!(gateway = gw, stream:% = stream; "sink: new stream");
+            stored = insert_events(&txn, args).await?;
             row
         }
     };
-    let (old_mark, old_id): (i64, Option<Uuid>) = (row.get(0), row.get(1));
-    let old_mark = old_mark as u64;
+    let (old_acked_seq, old_id): (i64, Option<Uuid>) = (row.get(0), row.get(1));
+    let old_acked_seq = old_acked_seq as u64;
 
     if let Some(gap) = args.gap {
-        record_gap(&txn, gw, stream, old_mark, gap).await?;
+        // The gap ends before the batch's first event: the events just stored are not in it.
+        record_gap(&txn, gw, stream, old_acked_seq, gap).await?;
     }
-    let above = &args.events[args.events.partition_point(|e| e.seq <= old_mark)..];
-    let stored = insert_events(&txn, args, above).await?;
-    // The usual batch: the next seqs in a row, all new; the mark walks over them unasked.
+    let above = &args.events[args.events.partition_point(|e| e.seq <= old_acked_seq)..];
+    // The usual batch: the next seqs in a row, all new; the acked seq walks over them unasked.
     let (from, from_id) = match above.last() {
-        Some(last) if stored == above.len() as u64 && last.seq - old_mark == stored => {
+        Some(last) if stored == above.len() as u64 && last.seq - old_acked_seq == stored => {
             (last.seq, Some(last.id))
         }
-        _ => (old_mark, old_id),
+        _ => (old_acked_seq, old_id),
     };
-    let (mark, acked_id) = advance(&txn, gw, stream, from, from_id).await?;
-    if (mark, acked_id) != (old_mark, old_id) {
+    let (acked_seq, acked_id) = advance(&txn, gw, stream, from, from_id).await?;
+    if (acked_seq, acked_id) != (old_acked_seq, old_id) {
         exec(
             &txn,
             "UPDATE streams SET acked_seq = $3, acked_id = $4 WHERE gateway = $1 AND stream = $2",
-            &[&gw, &stream, &(mark as i64), &acked_id],
+            &[&gw, &stream, &(acked_seq as i64), &acked_id],
         )
         .await?;
     }
     txn.commit().await.map_err(db_error)?;
     log::debug!(gateway = gw, stream:% = stream, stored = stored,
-        duplicates = args.events.len() as u64 - stored, acked_seq = mark; "sink: batch");
+        duplicates = args.events.len() as u64 - stored, acked_seq = acked_seq; "sink: batch");
     Ok(Outcome {
-        ack: ack_of(mark as i64, acked_id),
+        ack: ack_of(acked_seq as i64, acked_id),
         stored,
         counted: true,
     })
 }
 
-/// Records `gap` minus what is at or below `mark` and minus the seqs stored events hold (a
+/// Records `gap` minus what is at or below `acked_seq` and minus the seqs stored events hold (a
 /// relay with several batches in flight can report as dropped events that already arrived),
 /// each part merged with the stored gaps it overlaps or touches.
 async fn record_gap(
     txn: &impl GenericClient,
     gw: &str,
     stream: Uuid,
-    mark: u64,
+    acked_seq: u64,
     gap: Gap,
 ) -> Result<(), SinkError> {
-    if gap.dropped_to <= mark {
+    if gap.dropped_to <= acked_seq {
         return Ok(());
     }
-    let (lo, hi) = (gap.dropped_from.max(mark + 1), gap.dropped_to);
+    let (lo, hi) = (gap.dropped_from.max(acked_seq + 1), gap.dropped_to);
     let stored = rows(
         txn,
         "SELECT seq FROM events WHERE gateway = $1 AND stream = $2
@@ -209,13 +220,20 @@ async fn merge_gap(
     Ok(())
 }
 
-/// Inserts `above` (the batch's events above the mark) in one statement; a seq already stored keeps its
-/// first event. Returns how many were inserted.
-async fn insert_events(
-    txn: &impl GenericClient,
-    args: &IngestArgs,
-    above: &[Event],
-) -> Result<u64, SinkError> {
+/// The batch's events (`$3`.. as arrays, data as JSON text) above the committed acked seq.
+const INSERT_EVENTS: &str = "INSERT INTO events
+        (gateway, stream, seq, id, source, kind, time, data, data_text)
+    SELECT $1, $2, u.seq, u.id, u.source, u.kind, u.time, u.data::jsonb, u.data_text
+    FROM UNNEST($3::int8[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
+        $9::text[]) AS u (seq, id, source, kind, time, data, data_text)
+    WHERE u.seq > (SELECT acked_seq FROM streams WHERE gateway = $1 AND stream = $2)
+    ON CONFLICT DO NOTHING";
+
+/// Inserts the batch's events above the stream's committed acked seq (none when the stream has no
+/// row yet) in one statement; a seq already stored keeps its first event. Returns how many
+/// were inserted.
+async fn insert_events(txn: &impl GenericClient, args: &IngestArgs) -> Result<u64, SinkError> {
+    let above = &args.events;
     if above.is_empty() {
         return Ok(0);
     }
@@ -234,23 +252,21 @@ async fn insert_events(
         sources.push(e.source.as_str());
         kinds.push(e.kind.as_str());
         times.push(e.time.as_str());
-        // jsonb refuses \u0000 in strings; such data is kept as its JSON text.
+        // Encoded once and sent as text, cast to jsonb by the server. jsonb refuses \u0000 in
+        // strings; such data is kept as its JSON text.
         let text = serde_json::to_string(&e.data)
             .map_err(|err| SinkError::InvalidBatch(format!("seq {}: data: {err}", e.seq)))?;
         if text.contains("\\u0000") {
             data.push(None);
             data_text.push(Some(text));
         } else {
-            data.push(Some(&e.data));
+            data.push(Some(text));
             data_text.push(None);
         }
     }
     let inserted = exec(
         txn,
-        "INSERT INTO events (gateway, stream, seq, id, source, kind, time, data, data_text)
-             SELECT $1, $2, u.* FROM UNNEST($3::int8[], $4::uuid[], $5::text[], $6::text[],
-                 $7::text[], $8::jsonb[], $9::text[]) AS u
-             ON CONFLICT DO NOTHING",
+        INSERT_EVENTS,
         &[
             &args.gateway,
             &args.stream,
@@ -267,37 +283,46 @@ async fn insert_events(
     Ok(inserted)
 }
 
-/// Walks the mark up from `mark` over stored event runs and gaps; returns the new mark and
-/// the id of the event it ends on (`None` when it ends a gap; unchanged when it does not move).
+/// Walks the acked seq up from `acked_seq` over stored event runs and gaps; returns the new
+/// acked seq and the id of the event it ends on (`None` when it ends a gap; unchanged when it
+/// does not move).
+/// One statement per step: the run of events at the next seq, then the gap right after it.
 async fn advance(
     txn: &impl GenericClient,
     gw: &str,
     stream: Uuid,
-    mut mark: u64,
+    mut acked_seq: u64,
     mut acked_id: Option<Uuid>,
 ) -> Result<(u64, Option<Uuid>), SinkError> {
-    // The last seq of the run of consecutive events that starts at $3, if one does.
-    const RUN_END: &str = "SELECT e.seq, e.id FROM events e
-        WHERE e.gateway = $1 AND e.stream = $2 AND e.seq >= $3
-          AND EXISTS (SELECT 1 FROM events f WHERE f.gateway = $1 AND f.stream = $2 AND f.seq = $3)
-          AND NOT EXISTS (SELECT 1 FROM events n
-                          WHERE n.gateway = $1 AND n.stream = $2 AND n.seq = e.seq + 1)
-        ORDER BY e.seq LIMIT 1";
-    const GAP_END: &str = "SELECT dropped_to FROM gaps
-        WHERE gateway = $1 AND stream = $2 AND dropped_from <= $3 AND dropped_to >= $3";
-    while mark < MAX_SEQ {
-        let next = (mark + 1) as i64;
-        if let Some(row) = row_opt(txn, RUN_END, &[&gw, &stream, &next]).await? {
-            (mark, acked_id) = (row.get::<_, i64>(0) as u64, Some(row.get(1)));
+    // `run`: the last seq of the run of consecutive events that starts at $3, if one does;
+    // then the gap that holds the seq after that run (or $3 itself, without a run).
+    const STEP: &str = "WITH run AS (
+            SELECT e.seq, e.id FROM events e
+            WHERE e.gateway = $1 AND e.stream = $2 AND e.seq >= $3
+              AND EXISTS (SELECT 1 FROM events f
+                          WHERE f.gateway = $1 AND f.stream = $2 AND f.seq = $3)
+              AND NOT EXISTS (SELECT 1 FROM events n
+                              WHERE n.gateway = $1 AND n.stream = $2 AND n.seq = e.seq + 1)
+            ORDER BY e.seq LIMIT 1)
+        SELECT r.seq, r.id, g.dropped_to
+        FROM (SELECT 1) AS one
+        LEFT JOIN run r ON true
+        LEFT JOIN gaps g ON g.gateway = $1 AND g.stream = $2
+            AND g.dropped_from <= coalesce(r.seq, $3 - 1) + 1
+            AND g.dropped_to >= coalesce(r.seq, $3 - 1) + 1";
+    while acked_seq < MAX_SEQ {
+        let next = (acked_seq + 1) as i64;
+        let row = row_one(txn, STEP, &[&gw, &stream, &next]).await?;
+        if let Some(seq) = row.get::<_, Option<i64>>(0) {
+            (acked_seq, acked_id) = (seq as u64, row.get(1));
         }
-        // No event at mark + 1 now (a run ends before a missing seq): a gap, or the end.
-        let after = (mark + 1) as i64;
-        match row_opt(txn, GAP_END, &[&gw, &stream, &after]).await? {
-            Some(row) => (mark, acked_id) = (row.get::<_, i64>(0) as u64, None),
+        // No event at acked seq + 1 now (a run ends before a missing seq): a gap, or the end.
+        match row.get::<_, Option<i64>>(2) {
+            Some(dropped_to) => (acked_seq, acked_id) = (dropped_to as u64, None),
             None => break,
         }
     }
-    Ok((mark, acked_id))
+    Ok((acked_seq, acked_id))
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];

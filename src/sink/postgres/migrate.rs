@@ -3,7 +3,7 @@
 use deadpool_postgres::Client;
 
 use crate::sink::error::SinkError;
-use crate::sink::postgres::db_error;
+use crate::sink::postgres::convert::db_error;
 
 /// The migrations in order: (version, SQL). A released one is never edited; a change is a new
 /// version. Versions applied are recorded in `edge_relay_migrations`.

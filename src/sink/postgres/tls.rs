@@ -1,4 +1,5 @@
-//! TLS of the sink's PostgreSQL connections: rustls (ring provider) with the webpki roots, plus the CA of `sslrootcert`.
+//! TLS of the sink's PostgreSQL connections: rustls (ring provider) with the webpki roots, plus
+//! the CA of `sslrootcert`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
