@@ -166,14 +166,16 @@ mod tests {
         }
     }
 
+    /// `n` new ids, and the producer's record of them accepted as seqs 1..=n.
+    fn accepted(n: usize) -> (Vec<Uuid>, Vec<(u64, Uuid)>) {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+        let accepted = ids.iter().enumerate().map(|(i, id)| (i as u64 + 1, *id));
+        (ids.clone(), accepted.collect())
+    }
+
     #[test]
     fn clean_lossy_duplicated_and_reordered() {
-        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
-        let accepted: Vec<_> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (i as u64 + 1, *id))
-            .collect();
+        let (ids, accepted) = accepted(4);
         let stored: Vec<_> = accepted.iter().map(|(s, id)| ev(*s, *id)).collect();
         let mut with_retry = accepted.clone();
         with_retry.push(accepted[1]);
@@ -199,12 +201,7 @@ mod tests {
 
     #[test]
     fn dropped_events_in_reported_gaps_are_not_lost() {
-        let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
-        let accepted: Vec<_> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (i as u64 + 1, *id))
-            .collect();
+        let (ids, accepted) = accepted(6);
         // Seqs 2..=3 dropped and reported; 5 missing without a gap.
         let stored: Vec<_> = [0, 3, 5]
             .iter()
