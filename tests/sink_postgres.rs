@@ -137,8 +137,12 @@ async fn connects_over_tls_verifying_the_server() {
         .err()
         .expect("an unknown CA is refused");
     assert!(
-        format!("{untrusted}").contains("certificate"),
+        format!("{untrusted}").contains("invalid peer certificate: UnknownIssuer"),
         "{untrusted}"
+    );
+    assert!(
+        format!("{untrusted}").contains("add sslrootcert=FILE (its CA) to the URL"),
+        "the error says what to do: {untrusted}"
     );
     let plain = format!("{}?sslmode=disable", pg.tcp_url("tls"));
     assert!(

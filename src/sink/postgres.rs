@@ -17,7 +17,7 @@ use crate::contract::{Ack, Gap, IngestArgs};
 use crate::event::Event;
 use crate::sink::error::SinkError;
 use crate::sink::store::SinkStats;
-use convert::{chain, db_error};
+use convert::{chain, connect_hint, db_error};
 
 /// Connections one sink node keeps to the database at most; ingests beyond it wait for one.
 pub const POOL_SIZE: usize = 16;
@@ -202,9 +202,11 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, SinkError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| SinkError::Database(format!("no database connection: {}", chain(&e))))
+        self.pool.get().await.map_err(|e| {
+            let hint = connect_hint(&e)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            SinkError::Database(format!("no database connection: {}{hint}", chain(&e)))
+        })
     }
 }

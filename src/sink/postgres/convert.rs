@@ -36,6 +36,35 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// What to do about a connection error, when its cause is one an operator can fix in the URL:
+/// a server certificate the node does not trust (rustls `InvalidCertificate`, e.g. Debian's
+/// self-signed "snakeoil" certificate under the default `sslmode=prefer`). `None` otherwise.
+pub(super) fn connect_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        // tokio-rustls reports the handshake's rustls::Error inside an io::Error, whose
+        // `source()` skips it; `get_ref` reaches it.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        let untrusted = [Some(err), inner].into_iter().flatten().any(|e| {
+            matches!(
+                e.downcast_ref::<rustls::Error>(),
+                Some(rustls::Error::InvalidCertificate(_))
+            )
+        });
+        if untrusted {
+            return Some(
+                "the database server's certificate is not trusted: add sslrootcert=FILE (its \
+                 CA) to the URL, or sslmode=disable on a trusted network (README, Run a fleet)",
+            );
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// The answer for a stream row: acked seq 0 is "nothing yet".
 pub(super) fn ack_of(acked_seq: i64, acked_id: Option<Uuid>) -> Ack {
     if acked_seq == 0 {
