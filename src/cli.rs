@@ -2,11 +2,13 @@
 //! work in its own file. `src/main.rs` only parses, sets up logging and calls [`dispatch`].
 //!
 //! - `run`: [`crate::daemon::run`]; `check-config`: [`check_config`]; `status`: [`status`];
-//!   `send`: [`send`]; `inspect`: [`inspect`]; `probe`: [`probe`]; `sink`: [`sink`];
+//!   `send`: [`send`]; `inspect`: [`inspect`]; `compact`: [`compact`]; `probe`: [`probe`];
+//!   `sink`: [`sink`];
 //!   `demo` (cargo feature `demo`): [`crate::demo`].
 //! - [`local_client`]: the HTTP client these commands use to reach a running daemon.
 
 pub mod check_config;
+pub mod compact;
 pub mod inspect;
 pub mod local_client;
 pub mod probe;
@@ -52,6 +54,9 @@ pub enum Command {
     /// Offline look at a data dir (the daemon must be stopped): counters, disk use and the
     /// oldest backlog events as NDJSON.
     Inspect(inspect::InspectArgs),
+    /// Offline compaction of a data dir (the daemon must be stopped): its live entries copied
+    /// into a fresh store, giving back the disk a drained backlog held.
+    Compact(compact::CompactArgs),
     /// Check the configured upstream: its MCP era, its tools against the contract, this
     /// gateway's acked seq (asked for the running daemon's stream). Non-zero exit if unmet.
     Probe {
@@ -84,6 +89,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Send(args) => send::run(args).await,
         Command::Inspect(args) => inspect::run(args),
+        Command::Compact(args) => compact::run(args),
         Command::Probe { config } => probe::run(&Config::load_or_default(config.as_deref())?).await,
         Command::Sink(args) => sink::run(args).await,
         #[cfg(feature = "demo")]

@@ -189,6 +189,10 @@ pub struct BufferConfig {
     /// below it appends are refused (507) while acks and deletes go on, so delivery can always
     /// free space. Default 32 MiB.
     pub min_free_bytes: u64,
+    /// Size of the store's log file from which it is compacted into a fresh store once the
+    /// backlog is at most 1 MiB, giving back the disk a drained backlog held (sled never
+    /// shrinks its files); 0 turns compaction off. Default 16 MiB.
+    pub compact_min_bytes: u64,
 }
 
 /// `[relay]` section.
@@ -266,6 +270,7 @@ impl Default for BufferConfig {
             cache_bytes: 4 * 1024 * 1024,
             id_retention: 100_000,
             min_free_bytes: 32 * 1024 * 1024,
+            compact_min_bytes: 16 * 1024 * 1024,
         }
     }
 }

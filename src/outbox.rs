@@ -17,6 +17,7 @@
 
 pub mod chunk;
 mod command;
+mod compact;
 mod config;
 mod error;
 mod keys;
@@ -35,6 +36,9 @@ use crate::event::{Event, NewEvent};
 
 use command::Command;
 pub use command::{Appended, COMMAND_QUEUE};
+pub use compact::{
+    COMPACT_BACKLOG_MAX, CURRENT_FILE, Compacted, STORE_PREFIX, compact_offline, store_bytes,
+};
 pub use config::OutboxConfig;
 pub use error::OutboxError;
 pub use stats::OutboxStats;

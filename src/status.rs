@@ -72,6 +72,10 @@ pub struct StatusReport {
     pub acked_seq: u64,
     /// Events dropped by `drop_oldest` since the store was created.
     pub dropped_events: u64,
+    /// Compactions of the outbox into a fresh store since start (each gives back the disk a
+    /// drained backlog held; `buffer.compact_min_bytes`).
+    #[serde(default)]
+    pub store_compactions: u64,
     /// Uplink state.
     pub upstream: UpstreamState,
     /// Last uplink error, cleared on a healthy ack.
@@ -180,6 +184,7 @@ impl StatusBoard {
             next_seq: outbox.next_seq,
             acked_seq: outbox.acked_seq,
             dropped_events: outbox.dropped_events,
+            store_compactions: outbox.compactions,
             upstream,
             last_error,
             protocol_version: self
@@ -217,7 +222,7 @@ impl StatusReport {
     /// Prometheus text exposition format 0.0.4 (`GET /metrics`).
     pub fn to_prometheus(&self) -> String {
         let up = |s| u8::from(self.upstream == s);
-        let rows: [(&str, &str, &str, u64); 12] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "edge_relay_backlog_events",
                 "gauge",
@@ -247,6 +252,12 @@ impl StatusReport {
                 "counter",
                 "Events dropped by drop_oldest.",
                 self.dropped_events,
+            ),
+            (
+                "edge_relay_store_compactions_total",
+                "counter",
+                "Compactions of the outbox into a fresh store since start.",
+                self.store_compactions,
             ),
             (
                 "edge_relay_delivered_events_total",

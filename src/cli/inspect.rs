@@ -3,7 +3,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::event::Event;
@@ -43,7 +42,7 @@ fn reason(dir: &Path) -> String {
 /// cannot be decoded.
 pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
     anyhow::ensure!(
-        dir.join("db").is_file(),
+        dir.join("db").is_file() || dir.join(crate::outbox::CURRENT_FILE).is_file(),
         "{} holds no edge-relay store",
         dir.display()
     );
@@ -53,6 +52,7 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
         cache_bytes: 4 << 20,
         id_retention: 0,
         min_free_bytes: 0,
+        compact_min_bytes: 0,
     };
     // The error's Display already carries sled's cause; as a context it would print twice.
     let (outbox, _writer) = Outbox::open(dir, config).map_err(|e| {
@@ -78,7 +78,7 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
     Ok(Inspection {
         data_dir: dir.to_owned(),
         stats,
-        disk_bytes: disk_bytes(dir)?,
+        disk_bytes: crate::outbox::store_bytes(dir),
         oldest,
         moved_aside: crate::aside::list(dir)
             .into_iter()
@@ -88,21 +88,6 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
             })
             .collect(),
     })
-}
-
-/// Sum of file sizes under `dir`, recursively.
-fn disk_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() {
-            disk_bytes(&entry.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(total)
 }
 
 impl fmt::Display for Inspection {
@@ -152,6 +137,7 @@ mod tests {
                     cache_bytes: 1 << 20,
                     id_retention: 10,
                     min_free_bytes: 0,
+                    compact_min_bytes: 0,
                 },
             )
             .unwrap();

@@ -15,6 +15,8 @@ pub struct OutboxConfig {
     pub id_retention: u64,
     /// Free bytes kept on the data dir's filesystem; appends are refused below it.
     pub min_free_bytes: u64,
+    /// Smallest store log compacted into a fresh store (0: never); see `outbox::compact`.
+    pub compact_min_bytes: u64,
 }
 
 impl From<&BufferConfig> for OutboxConfig {
@@ -25,6 +27,7 @@ impl From<&BufferConfig> for OutboxConfig {
             cache_bytes: b.cache_bytes,
             id_retention: b.id_retention,
             min_free_bytes: b.min_free_bytes,
+            compact_min_bytes: b.compact_min_bytes,
         }
     }
 }

@@ -18,6 +18,7 @@ fn config(id_retention: u64, max_bytes: u64, overflow: Overflow) -> OutboxConfig
         cache_bytes: 1 << 20,
         id_retention,
         min_free_bytes: 0,
+        compact_min_bytes: 0,
     }
 }
 

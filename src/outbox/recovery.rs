@@ -56,6 +56,7 @@ pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError
         backlog_bytes: get("backlog_bytes")?.unwrap_or(0),
         dropped_events: get("dropped_events")?.unwrap_or(0),
         sent_seq: 0,
+        compactions: 0,
     };
     stats.sent_seq = get("sent_seq")?.unwrap_or(stats.next_seq.saturating_sub(1));
     match get("layout")?.unwrap_or(1) {

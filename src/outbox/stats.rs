@@ -21,4 +21,7 @@ pub struct OutboxStats {
     /// acked seq can delete past it (docs/DESIGN.md §8). Stores of layout 1 start with
     /// `next_seq - 1` (what they sent is unknown).
     pub sent_seq: u64,
+    /// Compactions into a fresh store since the outbox was opened (not stored; see
+    /// `outbox::compact`).
+    pub compactions: u64,
 }

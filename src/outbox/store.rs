@@ -1,30 +1,49 @@
 //! The outbox's open store (sled, its syncs, the tree) and the free space on its filesystem.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::compact::live_dir;
 use super::error::OutboxError;
 use super::recovery::load_or_init;
 use super::stats::OutboxStats;
 use crate::durable::FsSync;
+
+/// The sled tree holding the outbox.
+pub(super) const TREE: &str = "outbox";
 
 /// An open store: sled, its syncs, the outbox tree.
 pub(super) struct Store {
     pub(super) db: sled::Db,
     pub(super) sync: FsSync,
     pub(super) tree: sled::Tree,
+    /// sled's directory: the data dir, or the `store-<n>` in it that `CURRENT` names
+    /// ([`super::compact`]).
+    pub(super) dir: PathBuf,
 }
 
 impl Store {
-    /// Opens the store in `dir` and reads (or creates) its counters, rolling back what a crash
-    /// cut off and migrating an older layout.
-    pub(super) fn open(dir: &Path, cache_bytes: u64) -> Result<(Store, OutboxStats), OutboxError> {
+    /// Opens the live store of the data dir `data_dir` and reads (or creates) its counters,
+    /// rolling back what a crash cut off and migrating an older layout.
+    pub(super) fn open(
+        data_dir: &Path,
+        cache_bytes: u64,
+    ) -> Result<(Store, OutboxStats), OutboxError> {
+        let dir = live_dir(data_dir)?;
         // sled's own `flush` is not a real fsync on Linux: every group commit ends in
         // `FsSync::flush` (see `durable`). `Mode` is left out: sled 0.34 stores it but never
         // reads it.
-        let (db, sync) = crate::durable::open(dir, cache_bytes)?;
-        let tree = db.open_tree("outbox")?;
+        let (db, sync) = crate::durable::open(&dir, cache_bytes)?;
+        let tree = db.open_tree(TREE)?;
         let stats = load_or_init(&tree)?;
-        Ok((Store { db, sync, tree }, stats))
+        Ok((
+            Store {
+                db,
+                sync,
+                tree,
+                dir,
+            },
+            stats,
+        ))
     }
 }
 

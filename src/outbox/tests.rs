@@ -11,6 +11,7 @@ fn config(max_bytes: u64, overflow: Overflow) -> OutboxConfig {
         cache_bytes: 1 << 20,
         id_retention: 10,
         min_free_bytes: 0,
+        compact_min_bytes: 0,
     }
 }
 
@@ -254,4 +255,141 @@ async fn delivery_reports_dropped_seqs_as_a_gap() {
     let d = outbox.next_delivery(38, 5, 1 << 20).unwrap();
     assert_eq!((d.count, d.gap.map(|g| g.dropped_to)), (0, Some(40)));
     assert!(d.ndjson.is_empty());
+}
+
+/// `len` hex digits that zstd cannot shrink much, different for each `seed`.
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).unwrap()
+        })
+        .collect()
+}
+
+/// Entries and file names directly in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_drained_store_is_compacted_into_a_fresh_one_and_keeps_its_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(1 << 30, Overflow::Reject);
+    c.compact_min_bytes = 1 << 20;
+    let (outbox, stop, task) = open(dir.path(), c.clone()).await;
+    let stream = outbox.stats().stream;
+    let remembered = Uuid::now_v7();
+    let mut last = 0;
+    for round in 0..40 {
+        let events: Vec<_> = (0..100)
+            .map(|i| {
+                let id = (round == 39 && i == 99).then_some(remembered);
+                ev(&noise(round * 100 + i, 1000), id)
+            })
+            .collect();
+        last = *seqs(&outbox.append(events).await.unwrap()).last().unwrap();
+    }
+    assert_eq!(last, 4000);
+    let filled = crate::outbox::store_bytes(dir.path());
+    assert!(
+        filled > 2 << 20,
+        "{filled} bytes: the test needs a store over the minimum"
+    );
+    // Everything but the last 5 events delivered: the backlog is small, the store large.
+    outbox.mark_sent(4000).await.unwrap();
+    outbox.ack(3995).await.unwrap();
+    // The writer compacts after answering the ack; the next command waits for it.
+    outbox.ack(3995).await.unwrap();
+    let stats = outbox.stats();
+    assert_eq!(stats.compactions, 1, "{stats:?}");
+    assert_eq!(
+        (
+            stats.stream,
+            stats.next_seq,
+            stats.acked_seq,
+            stats.backlog_events
+        ),
+        (stream, 4001, 3995, 5)
+    );
+    assert_eq!(names(dir.path()), ["CURRENT", "store-1"]);
+    let compacted = crate::outbox::store_bytes(dir.path());
+    assert!(
+        compacted < filled / 2,
+        "{compacted} bytes after, {filled} before"
+    );
+    // The backlog, the remembered id and the counters came along.
+    let rest: Vec<u64> = outbox
+        .batch_after(3995, 100, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(rest, [3996, 3997, 3998, 3999, 4000]);
+    let again = outbox
+        .append(vec![
+            ev(&noise(3999, 1000), Some(remembered)),
+            ev("new", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(seqs(&again), [4000, 4001]);
+    stop.cancel();
+    task.await.unwrap();
+    drop(outbox);
+
+    let (outbox, stop, task) = open(dir.path(), c).await;
+    let stats = outbox.stats();
+    assert_eq!(
+        (
+            stats.stream,
+            stats.next_seq,
+            stats.backlog_events,
+            stats.compactions
+        ),
+        (stream, 4002, 6, 0)
+    );
+    let rest: Vec<u64> = outbox
+        .batch_after(3995, 100, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(rest, [3996, 3997, 3998, 3999, 4000, 4001]);
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn no_compaction_while_the_backlog_is_large_or_when_turned_off() {
+    for (min_bytes, acked) in [(1 << 20, 1000), (0, 4000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(1 << 30, Overflow::Reject);
+        c.compact_min_bytes = min_bytes;
+        let (outbox, _stop, _task) = open(dir.path(), c).await;
+        for round in 0..40 {
+            let events: Vec<_> = (0..100)
+                .map(|i| ev(&noise(round * 100 + i, 1000), None))
+                .collect();
+            outbox.append(events).await.unwrap();
+        }
+        outbox.mark_sent(4000).await.unwrap();
+        outbox.ack(acked).await.unwrap();
+        outbox.ack(acked).await.unwrap();
+        assert!(outbox.stats().backlog_bytes > 0 || min_bytes == 0);
+        assert_eq!(
+            outbox.stats().compactions,
+            0,
+            "min {min_bytes}, acked {acked}"
+        );
+        assert!(names(dir.path()).contains(&"db".to_owned()));
+    }
 }

@@ -22,12 +22,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod retire;
+
 use super::chunk::{self, Builder};
 use super::command::{Appended, Command};
+use super::compact::{self, Compaction};
 use super::config::OutboxConfig;
 use super::error::OutboxError;
 use super::keys::{id_by_seq_key, id_key, index_digest, index_seq, index_value};
-use super::recovery::{event_id, forget_id, put_counters, roll_back};
+use super::recovery::{event_id, put_counters, roll_back};
 use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
 use crate::config::Overflow;
@@ -69,6 +72,7 @@ pub struct Writer {
     commands: mpsc::Receiver<Command>,
     published: watch::Sender<OutboxStats>,
     heartbeat: Heartbeat,
+    compaction: Compaction,
 }
 
 /// Appends staged in memory during one group commit.
@@ -107,6 +111,7 @@ impl Writer {
         published: watch::Sender<OutboxStats>,
     ) -> Self {
         Self {
+            compaction: Compaction::new(config.compact_min_bytes),
             dir: dir.to_owned(),
             store: Some(store),
             shared,
@@ -158,11 +163,15 @@ impl Writer {
         let mut group = Group::default();
         let mut events = 0usize;
         let mut next = Some(first);
+        let mut acked = false;
         let clean = self.clean_up();
         while let Some(cmd) = next.take() {
             events += match &cmd {
                 Command::Append { events, .. } => events.len().max(1),
-                Command::Ack { .. } | Command::Progress { .. } => 1,
+                Command::Ack { .. } | Command::Progress { .. } => {
+                    acked = true;
+                    1
+                }
             };
             replies.push(match (&clean, cmd) {
                 (Err(e), Command::Append { reply, .. }) => Reply::Append(reply, Err(e.clone())),
@@ -207,6 +216,40 @@ impl Writer {
                 (Reply::Ack(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
             }
         }
+        if acked && flushed.is_ok() && self.broken.is_none() {
+            self.compact_if_due().await;
+        }
+    }
+
+    /// Swaps the store for a fresh copy of its live entries when [`Compaction::due`] (after an
+    /// ack, once the group is answered). A failed swap leaves the old store live.
+    async fn compact_if_due(&mut self) {
+        let Some(store) = &self.store else { return };
+        let before = compact::log_bytes(&store.dir);
+        if !self.compaction.due(self.stats.backlog_bytes, before) {
+            return;
+        }
+        let started = Instant::now();
+        let new = match compact::swap(&self.dir, store, self.config.cache_bytes) {
+            Ok(new) => new,
+            Err(e) => {
+                log::warn!(error:% = e; "compacting the outbox store failed; keeping it as it is");
+                return;
+            }
+        };
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Some(new.tree.clone());
+        let live = new.dir.clone();
+        drop(self.store.replace(new));
+        if let Err(e) = compact::finish(&self.dir, &live) {
+            log::warn!(error:% = e; "removing the old outbox store failed; the next open removes it");
+        }
+        let after = compact::store_bytes(&live);
+        self.compaction.done(after);
+        self.stats.compactions = self.compaction.count;
+        self.published.send_replace(self.stats);
+        log::info!(before_bytes = before, after_bytes = after, backlog_bytes = self.stats.backlog_bytes,
+            millis = started.elapsed().as_millis() as u64, store:% = live.display();
+            "compacted the outbox store into a fresh one");
     }
 
     /// sled's flush and the fsyncs of the open store.
@@ -490,117 +533,5 @@ impl Writer {
                 Err(e.into())
             }
         }
-    }
-
-    /// `overflow = "drop_oldest"`: deletes the oldest chunks until `needed` more bytes fit,
-    /// counting their undelivered events as dropped (the relay reports them as a gap).
-    fn drop_oldest(&mut self, needed: u64) -> Result<(), OutboxError> {
-        let (mut first, mut last, mut dropped) = (None, 0, 0u64);
-        while self.stats.backlog_bytes + needed > self.config.max_bytes {
-            let chunks = chunk::from_seq(self.tree()?, 0)
-                .take(CHUNKS_PER_BATCH)
-                .collect::<Result<Vec<_>, _>>()?;
-            if chunks.is_empty() {
-                break;
-            }
-            let mut staged = self.stats;
-            let mut batch = sled::Batch::default();
-            for stored in chunks {
-                let (lo, hi) = self.unacked_range(&stored)?;
-                let events = (hi + 1).saturating_sub(lo);
-                staged.backlog_bytes -= stored.stored_bytes().min(staged.backlog_bytes);
-                staged.backlog_events -= events.min(staged.backlog_events);
-                staged.dropped_events += events;
-                if events > 0 {
-                    (first, last, dropped) = (first.or(Some(lo)), hi, dropped + events);
-                }
-                for key in &stored.keys {
-                    batch.remove(key);
-                }
-                if staged.backlog_bytes + needed <= self.config.max_bytes {
-                    break;
-                }
-            }
-            put_counters(&mut batch, &staged);
-            self.tree()?.apply_batch(batch)?;
-            self.stats = staged;
-        }
-        if let Some(first) = first {
-            log::warn!(dropped_from = first, dropped_to = last, dropped = dropped;
-                "buffer full: dropped the oldest undelivered events (overflow = drop_oldest)");
-        }
-        Ok(())
-    }
-
-    /// Seqs of `stored` above the acked seq, as `(lo, hi)` (empty when `hi < lo`).
-    fn unacked_range(&self, stored: &chunk::Chunk) -> Result<(u64, u64), OutboxError> {
-        let last = stored.last_seq().map_err(|e| OutboxError::Corrupt {
-            seq: stored.first_seq,
-            reason: e.to_string(),
-        })?;
-        Ok((stored.first_seq.max(self.stats.acked_seq + 1), last))
-    }
-
-    /// Moves the acked seq to `upto` (at most the last stored seq), deleting every chunk whose
-    /// events are all acknowledged, a few per sled batch with the counters as of its last one.
-    fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
-        let upto = upto.min(self.stats.sent_seq);
-        while self.stats.acked_seq < upto {
-            let chunks = chunk::from_seq(self.tree()?, self.stats.acked_seq + 1)
-                .take(CHUNKS_PER_BATCH)
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut staged = self.stats;
-            let mut batch = sled::Batch::default();
-            // Whether `upto` lies within the chunks read (or past the last stored one).
-            let mut reached = chunks.len() < CHUNKS_PER_BATCH;
-            for stored in &chunks {
-                if stored.first_seq > upto {
-                    reached = true;
-                    break;
-                }
-                let (lo, hi) = self.unacked_range(stored)?;
-                let acked_to = hi.min(upto);
-                staged.backlog_events -=
-                    (acked_to + 1).saturating_sub(lo).min(staged.backlog_events);
-                staged.acked_seq = staged.acked_seq.max(acked_to);
-                if hi <= upto {
-                    staged.backlog_bytes -= stored.stored_bytes().min(staged.backlog_bytes);
-                    for key in &stored.keys {
-                        batch.remove(key);
-                    }
-                } else {
-                    reached = true;
-                }
-            }
-            // Seqs between the chunks read and `upto` were dropped: the acked seq goes all the way.
-            if reached {
-                staged.acked_seq = upto;
-            }
-            put_counters(&mut batch, &staged);
-            self.tree()?.apply_batch(batch)?;
-            self.stats = staged;
-        }
-        self.prune_ids()
-    }
-
-    /// Forgets the ids of events delivered (or dropped) more than `id_retention` seqs ago.
-    fn prune_ids(&mut self) -> Result<(), OutboxError> {
-        let horizon = self
-            .stats
-            .acked_seq
-            .saturating_sub(self.config.id_retention);
-        let old = self
-            .tree()?
-            .range(id_by_seq_key(0)..=id_by_seq_key(horizon))
-            .take(PRUNE_IDS_PER_ACK)
-            .collect::<Result<Vec<_>, _>>()?;
-        for entries in old.chunks(PRUNE_BATCH) {
-            let mut batch = sled::Batch::default();
-            for (key, id) in entries {
-                forget_id(self.tree()?, &mut batch, key, id)?;
-            }
-            self.tree()?.apply_batch(batch)?;
-        }
-        Ok(())
     }
 }

@@ -160,6 +160,7 @@ mod tests {
             next_seq: 113,
             acked_seq: 100,
             dropped_events: 0,
+            store_compactions: 0,
             upstream,
             last_error: error.map(str::to_owned),
             protocol_version: None,

@@ -133,6 +133,16 @@ impl LazyFs {
         lock(&self.state).countdown = Some(k.max(1));
     }
 
+    /// Takes back an armed [`LazyFs::power_off_at_sync`] whose sync never came.
+    pub fn disarm(&self) {
+        lock(&self.state).countdown = None;
+    }
+
+    /// What syncs do from now on (a disk that starts lying about its flushes).
+    pub fn set_fsync(&self, fsync: Fsync) {
+        lock(&self.state).fsync = fsync;
+    }
+
     /// Powered off (by [`LazyFs::power_off`] or at the armed sync).
     pub fn is_off(&self) -> bool {
         lock(&self.state).power != Power::On

@@ -23,6 +23,7 @@ use crate::real_net::*;
 use crate::summary::FamilySummary;
 use crate::support::process::{all_acked, free_port, status, write_config_with};
 
+mod compaction;
 mod procs;
 use procs::*;
 
@@ -242,8 +243,10 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
     let port = free_port();
     let sink_addr = free_port();
     let upstream = format!("url = \"http://{sink_addr}/mcp\"");
+    // Compaction from 1 MiB (not 16): the relay swaps its store for a fresh one now and then
+    // while it delivers, and cuts land during those swaps too.
     let relay_keys = "backoff_initial_ms = 10\nbackoff_max_ms = 200\nbatch_max_events = 50\n\
-                      request_timeout_ms = 2000";
+                      request_timeout_ms = 2000\n[buffer]\ncompact_min_bytes = 1048576";
     // data_dir = <tmp>/relay, the relay's mount.
     let config = write_config_with(tmp.path(), GATEWAY, port, &upstream, relay_keys);
     let mut sink = Proc::new(

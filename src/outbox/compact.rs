@@ -1,0 +1,357 @@
+//! Compaction: the outbox's live entries copied into a fresh sled store, which then replaces the
+//! old one, so the data dir shrinks back once a backlog has drained (docs/DESIGN.md §6).
+//!
+//! sled 0.34 never gives a drained store's space back: its cleaner rewrites a log segment only
+//! once at most half of it is live, and truncates the file only when its tail segments are free,
+//! so after fill/drain cycles the files keep most of their largest size (issue 9 measured
+//! 37.5 MiB after the first drain of 1M events and 58 MiB after the tenth). A fresh store holding
+//! only what is live is the one way to get that space back.
+//!
+//! Where the store lives: in the data dir itself (`db`, `conf`, `snap.*`, `blobs/`: every store
+//! before its first compaction) or in `<data_dir>/store-<n>/`, named by the file
+//! `<data_dir>/CURRENT`. A swap is safe at any power cut:
+//! 1. remove what an earlier, interrupted swap left; create `store-<n+1>/`, copy the outbox
+//!    tree into it, flush it with [`crate::durable::FsSync`] and fsync the data dir;
+//! 2. write `CURRENT.tmp`, fsync it, rename it over `CURRENT`, fsync the data dir: the commit
+//!    point (before it the old store is live and the new one is removed at the next open;
+//!    after it the new one is live, and is complete);
+//! 3. drop the old store and remove its files, then fsync the data dir (what a cut leaves of
+//!    them is removed at the next open, by [`live_dir`]).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::error::OutboxError;
+use super::stats::OutboxStats;
+use super::store::Store;
+
+/// The file naming the directory of the live store, in the data dir.
+pub const CURRENT_FILE: &str = "CURRENT";
+/// `CURRENT` while it is written, before the rename that commits a swap.
+const CURRENT_TMP: &str = "CURRENT.tmp";
+/// Name prefix of a store's own directory in the data dir (`store-<n>`, n counting swaps).
+pub const STORE_PREFIX: &str = "store-";
+/// Backlog at or under which a compaction may run, bytes (the outbox budget's count): the copy
+/// is at most this much, so the writer pauses for milliseconds, not seconds.
+pub const COMPACT_BACKLOG_MAX: u64 = 1024 * 1024;
+/// A store is compacted again only once its files are this many times larger than right after
+/// the last compaction (a store whose live entries are mostly remembered ids is not copied
+/// over and over).
+const REGROWTH: u64 = 4;
+/// Most keys one sled batch of the copy carries.
+const COPY_BATCH_KEYS: usize = 256;
+
+/// When to compact, and how many swaps ran since the outbox was opened.
+#[derive(Debug)]
+pub(super) struct Compaction {
+    /// `buffer.compact_min_bytes`: the smallest store compacted (0: never).
+    min_bytes: u64,
+    /// Store size right after the last swap (0 before the first).
+    after_last: u64,
+    /// Swaps since the outbox was opened.
+    pub(super) count: u64,
+}
+
+impl Compaction {
+    pub(super) fn new(min_bytes: u64) -> Self {
+        Self {
+            min_bytes,
+            after_last: 0,
+            count: 0,
+        }
+    }
+
+    /// Whether a store whose log file is `log_bytes` long, holding a backlog of
+    /// `backlog_bytes`, is worth swapping now.
+    pub(super) fn due(&self, backlog_bytes: u64, log_bytes: u64) -> bool {
+        self.min_bytes > 0
+            && backlog_bytes <= COMPACT_BACKLOG_MAX
+            && log_bytes >= self.min_bytes
+            && log_bytes >= self.after_last.saturating_mul(REGROWTH)
+    }
+
+    /// Records a swap that left a store of `bytes`.
+    pub(super) fn done(&mut self, bytes: u64) {
+        self.after_last = bytes;
+        self.count += 1;
+    }
+}
+
+/// The live store's directory: `<data_dir>/<name>` when `CURRENT` names one, else the data dir.
+/// Removes what an interrupted swap left (see the module docs).
+///
+/// # Errors
+/// [`OutboxError::Corrupt`] when `CURRENT` is unreadable or names a directory that does not
+/// exist (the data dir is then moved aside, `crate::aside`); [`OutboxError::Storage`] when the
+/// leftovers cannot be removed.
+pub(super) fn live_dir(data_dir: &Path) -> Result<PathBuf, OutboxError> {
+    let corrupt = |reason: String| OutboxError::Corrupt { seq: 0, reason };
+    let live = match fs::read(data_dir.join(CURRENT_FILE)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => data_dir.to_owned(),
+        Err(e) => return Err(OutboxError::Storage(e.into())),
+        Ok(text) => {
+            let name = std::str::from_utf8(&text).unwrap_or("").trim();
+            if store_number(name).is_none() {
+                return Err(corrupt(format!(
+                    "{CURRENT_FILE} holds {text:?}, not a store name"
+                )));
+            }
+            let live = data_dir.join(name);
+            if !live.join("db").is_file() {
+                return Err(corrupt(format!(
+                    "{CURRENT_FILE} names {name}, which holds no store"
+                )));
+            }
+            live
+        }
+    };
+    remove_stale(data_dir, &live).map_err(|e| OutboxError::Storage(e.into()))?;
+    Ok(live)
+}
+
+/// The `n` of a `store-<n>` name.
+fn store_number(name: &str) -> Option<u64> {
+    name.strip_prefix(STORE_PREFIX)?.parse().ok()
+}
+
+/// Whether `name` is one of the files sled keeps in a store's directory (sled 0.34: the log
+/// `db`, `conf`, snapshots `snap.<lsn>` and `snap.<lsn>.generating`, and `blobs/`).
+fn is_sled_file(name: &str) -> bool {
+    matches!(name, "db" | "conf" | "blobs") || name.starts_with("snap.")
+}
+
+/// Removes every store in `data_dir` but `live`: sled's files in the data dir itself when the
+/// store lives in a `store-<n>` directory, every other `store-<n>` directory, and
+/// `CURRENT.tmp`; then fsyncs the data dir if anything was removed.
+fn remove_stale(data_dir: &Path, live: &Path) -> io::Result<()> {
+    let mut removed = false;
+    for entry in fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        let stale = if name == CURRENT_TMP {
+            true
+        } else if store_number(&name).is_some() {
+            path != live
+        } else {
+            live != data_dir && is_sled_file(&name)
+        };
+        if !stale {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+        removed = true;
+    }
+    if removed {
+        File::open(data_dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Length of the store's log file (`<dir>/db`), bytes: nearly all of a sled store's disk.
+pub(super) fn log_bytes(dir: &Path) -> u64 {
+    fs::metadata(dir.join("db")).map_or(0, |m| m.len())
+}
+
+/// Bytes of every file under `dir`, recursively: a store's log, snapshots, `conf` and blobs, or
+/// a whole data dir; what cannot be listed counts 0.
+pub fn store_bytes(dir: &Path) -> u64 {
+    fn walk(path: &Path) -> u64 {
+        let Ok(entries) = fs::read_dir(path) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(dir)
+}
+
+/// Steps 1 and 2 of a swap (module docs): copies `from`'s outbox tree into a fresh store in the
+/// data dir and makes it the live one. The caller then drops `from` and calls [`finish`].
+///
+/// # Errors
+/// [`OutboxError::Storage`] from sled or the filesystem (a full disk, say); the old store is
+/// then still the live one, and what the swap wrote is removed by the next swap or open.
+pub(super) fn swap(data_dir: &Path, from: &Store, cache_bytes: u64) -> Result<Store, OutboxError> {
+    let io = |e: io::Error| OutboxError::Storage(e.into());
+    remove_stale(data_dir, &from.dir).map_err(io)?;
+    let number = from
+        .dir
+        .file_name()
+        .and_then(|n| store_number(&n.to_string_lossy()))
+        .unwrap_or(0)
+        + 1;
+    let name = format!("{STORE_PREFIX}{number}");
+    let to_dir = data_dir.join(&name);
+    let (db, sync) = crate::durable::open(&to_dir, cache_bytes)?;
+    let tree = db.open_tree(super::store::TREE)?;
+    let mut batch = sled::Batch::default();
+    let mut keys = 0;
+    for entry in from.tree.iter() {
+        let (key, value) = entry?;
+        batch.insert(key, value);
+        keys += 1;
+        if keys % COPY_BATCH_KEYS == 0 {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    tree.apply_batch(batch)?;
+    // Blocking: a swap is rare and its flush is one small store's.
+    sync.flush_blocking(&db)?;
+    File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    let tmp = data_dir.join(CURRENT_TMP);
+    let mut file = File::create(&tmp).map_err(io)?;
+    file.write_all(format!("{name}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    fs::rename(&tmp, data_dir.join(CURRENT_FILE)).map_err(io)?;
+    File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(Store {
+        db,
+        sync,
+        tree,
+        dir: to_dir,
+    })
+}
+
+/// What [`compact_offline`] did.
+#[derive(Debug, serde::Serialize)]
+pub struct Compacted {
+    /// The store's files before, bytes.
+    pub before_bytes: u64,
+    /// The fresh store's files, bytes.
+    pub after_bytes: u64,
+    /// The fresh store's directory.
+    pub store: PathBuf,
+    /// Its counters (the same as before: a swap moves no seq).
+    pub stats: OutboxStats,
+}
+
+/// Compacts the outbox in `data_dir` now, whatever its size and backlog (`edge-relay
+/// compact`, with the daemon stopped): the same swap the writer runs when one is due.
+///
+/// # Errors
+/// As [`super::Outbox::open`] (no store, the daemon holds the lock, damage), or the swap's
+/// [`OutboxError::Storage`]; on an error the old store is still the live one.
+pub fn compact_offline(data_dir: &Path, cache_bytes: u64) -> Result<Compacted, OutboxError> {
+    let (store, stats) = Store::open(data_dir, cache_bytes)?;
+    let before_bytes = store_bytes(&store.dir);
+    let new = swap(data_dir, &store, cache_bytes)?;
+    let live = new.dir.clone();
+    drop((store, new));
+    finish(data_dir, &live).map_err(|e| OutboxError::Storage(e.into()))?;
+    Ok(Compacted {
+        before_bytes,
+        after_bytes: store_bytes(&live),
+        store: live,
+        stats,
+    })
+}
+
+/// Step 3 of a swap: removes the old store's files, now that `live` is the live store. A
+/// reader still holding the old tree reads on from its open files until it lets go.
+///
+/// # Errors
+/// The filesystem's; what is left is removed by the next swap or open.
+pub(super) fn finish(data_dir: &Path, live: &Path) -> io::Result<()> {
+    remove_stale(data_dir, live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_only_for_a_large_store_with_a_small_backlog() {
+        let mut c = Compaction::new(16 << 20);
+        assert!(c.due(0, 16 << 20));
+        assert!(!c.due(0, (16 << 20) - 1), "under the minimum");
+        assert!(
+            !c.due(COMPACT_BACKLOG_MAX + 1, 64 << 20),
+            "backlog too large"
+        );
+        c.done(10 << 20);
+        assert!(!c.due(0, 39 << 20), "not yet 4x the last result");
+        assert!(c.due(0, 40 << 20));
+        assert!(!Compaction::new(0).due(0, u64::MAX), "0 turns it off");
+    }
+
+    #[test]
+    fn current_must_name_an_existing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(live_dir(dir.path()).unwrap(), dir.path());
+        fs::write(dir.path().join(CURRENT_FILE), "garbage\n").unwrap();
+        let e = live_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a store name"), "{e}");
+        fs::write(dir.path().join(CURRENT_FILE), "store-2\n").unwrap();
+        let e = live_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("names store-2, which holds no store"), "{e}");
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_swap_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A swap to store-2 committed; the old in-place store and an older store-1 remain,
+        // with a half-written CURRENT.tmp of a later swap and a store-3 it had begun.
+        for name in [
+            "store-1",
+            "store-2",
+            "store-3",
+            "store-2/blobs",
+            "blobs",
+            "aside-x",
+        ] {
+            fs::create_dir(d.join(name)).unwrap();
+        }
+        for name in [
+            "db",
+            "conf",
+            "snap.00A0",
+            "store-1/db",
+            "store-2/db",
+            "store-3/db",
+        ] {
+            fs::write(d.join(name), b"x").unwrap();
+        }
+        fs::write(d.join("open-attempts"), b"1").unwrap();
+        fs::write(d.join(CURRENT_TMP), b"store-3\n").unwrap();
+        fs::write(d.join(CURRENT_FILE), b"store-2\n").unwrap();
+        assert_eq!(live_dir(d).unwrap(), d.join("store-2"));
+        let mut left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["CURRENT", "aside-x", "open-attempts", "store-2"]);
+        assert!(d.join("store-2/db").is_file() && d.join("store-2/blobs").is_dir());
+    }
+
+    #[test]
+    fn without_current_the_in_place_store_stays_and_unnamed_stores_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("db"), b"x").unwrap();
+        fs::create_dir(d.join("store-1")).unwrap();
+        fs::write(d.join("store-1/db"), b"half a copy").unwrap();
+        assert_eq!(live_dir(d).unwrap(), d);
+        assert!(d.join("db").is_file());
+        assert!(!d.join("store-1").exists());
+    }
+}
