@@ -11,7 +11,8 @@
 //!   `edge-relay run`.
 //! - [`ingest`]: local producers (HTTP `POST /v1/events`, the gateway's MQTT broker).
 //! - [`event`]: the event model and its validation.
-//! - [`outbox`]: the sled outbox: group commit, chunks, acks, bounds, recovery at open.
+//! - [`outbox`]: the sled outbox: group commit, chunks, acks, bounds, recovery at open,
+//!   compaction into a fresh store.
 //! - [`durable`]: sled flush plus the filesystem syncs sled leaves out.
 //! - [`aside`]: a store that cannot be opened is moved aside, never a crash loop.
 //! - [`relay`]: the delivery loop: a window of `edge_ingest` calls, the upstream's `acked_seq`.

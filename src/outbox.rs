@@ -13,7 +13,8 @@
 //! event is acknowledged. Writes go through the single [`writer::Writer`] task; reads
 //! (`batch_after`, `stats`) go to sled directly but never past the durable seq, so nothing
 //! un-fsynced ever leaves the gateway. A store of the first layout (one key per event) is
-//! migrated at open (`recovery`).
+//! migrated at open (`recovery`). Once a backlog has drained, the writer swaps a large store for
+//! a fresh copy of what is live (`compact`), so the disk comes back.
 
 pub mod chunk;
 mod command;

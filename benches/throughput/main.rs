@@ -395,9 +395,10 @@ async fn main() {
         let drained = drain(&relay, upstream, &sink_dir).await;
         let disk_drained = DiskUse::of(&relay_dir);
         println!(
-            "cycle {c}: fill {:.0} events/s, drain {:.0} events/s",
+            "cycle {c}: fill {:.0} events/s, drain {:.0} events/s; store compactions so far {}",
             fill.rate(),
-            drained.rate()
+            drained.rate(),
+            relay.outbox.stats().compactions
         );
         ndjson.events += fill.events;
         ndjson.took += fill.took;

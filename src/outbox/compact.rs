@@ -91,10 +91,11 @@ pub(super) fn live_dir(data_dir: &Path) -> Result<PathBuf, OutboxError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => data_dir.to_owned(),
         Err(e) => return Err(OutboxError::Storage(e.into())),
         Ok(text) => {
-            let name = std::str::from_utf8(&text).unwrap_or("").trim();
+            let text = String::from_utf8_lossy(&text);
+            let name = text.trim();
             if store_number(name).is_none() {
                 return Err(corrupt(format!(
-                    "{CURRENT_FILE} holds {text:?}, not a store name"
+                    "{CURRENT_FILE} holds {name:?}, not a store name"
                 )));
             }
             let live = data_dir.join(name);
@@ -182,8 +183,9 @@ pub fn store_bytes(dir: &Path) -> u64 {
 /// data dir and makes it the live one. The caller then drops `from` and calls [`finish`].
 ///
 /// # Errors
-/// [`OutboxError::Storage`] from sled or the filesystem (a full disk, say); the old store is
-/// then still the live one, and what the swap wrote is removed by the next swap or open.
+/// [`OutboxError::Storage`] from sled or the filesystem (a full disk, say), before the commit
+/// point: the old store is then still the live one, and what the swap wrote is removed by the
+/// next swap or open. Once `CURRENT` is renamed over, the new store is returned.
 pub(super) fn swap(data_dir: &Path, from: &Store, cache_bytes: u64) -> Result<Store, OutboxError> {
     let io = |e: io::Error| OutboxError::Storage(e.into());
     remove_stale(data_dir, &from.dir).map_err(io)?;
@@ -219,9 +221,12 @@ pub(super) fn swap(data_dir: &Path, from: &Store, cache_bytes: u64) -> Result<St
         .and_then(|()| file.sync_all())
         .map_err(io)?;
     fs::rename(&tmp, data_dir.join(CURRENT_FILE)).map_err(io)?;
-    File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    // Committed: from here the new store is the live one on disk, and the caller must switch
+    // to it whatever happens. A failed fsync of the rename is only logged: `finish` syncs the
+    // data dir again when it removes the old store.
+    if let Err(e) = File::open(data_dir).and_then(|d| d.sync_all()) {
+        log::warn!(error:% = e; "syncing the data dir after switching to the compacted store failed");
+    }
     Ok(Store {
         db,
         sync,

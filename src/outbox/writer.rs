@@ -248,7 +248,7 @@ impl Writer {
         self.stats.compactions = self.compaction.count;
         self.published.send_replace(self.stats);
         log::info!(before_bytes = before, after_bytes = after, backlog_bytes = self.stats.backlog_bytes,
-            millis = started.elapsed().as_millis() as u64, store:% = live.display();
+            took_ms = started.elapsed().as_millis() as u64, store:% = live.display();
             "compacted the outbox store into a fresh one");
     }
 
