@@ -35,9 +35,9 @@ pub const STORE_PREFIX: &str = "store-";
 /// Backlog at or under which a compaction may run, bytes (the outbox budget's count): the copy
 /// is at most this much, so the writer pauses for milliseconds, not seconds.
 pub const COMPACT_BACKLOG_MAX: u64 = 1024 * 1024;
-/// A store is compacted again only once its files are this many times larger than right after
-/// the last compaction (a store whose live entries are mostly remembered ids is not copied
-/// over and over).
+/// A store is compacted again only once its log is this many times larger than what the last
+/// compaction copied (a store whose live entries are mostly remembered ids is not copied over
+/// and over).
 const REGROWTH: u64 = 4;
 /// Most keys one sled batch of the copy carries.
 const COPY_BATCH_KEYS: usize = 256;
@@ -47,8 +47,8 @@ const COPY_BATCH_KEYS: usize = 256;
 pub(super) struct Compaction {
     /// `buffer.compact_min_bytes`: the smallest store compacted (0: never).
     min_bytes: u64,
-    /// Store size right after the last swap (0 before the first).
-    after_last: u64,
+    /// Bytes (keys and values) the last swap copied (0 before the first).
+    copied_last: u64,
     /// Swaps since the outbox was opened.
     pub(super) count: u64,
 }
@@ -57,7 +57,7 @@ impl Compaction {
     pub(super) fn new(min_bytes: u64) -> Self {
         Self {
             min_bytes,
-            after_last: 0,
+            copied_last: 0,
             count: 0,
         }
     }
@@ -68,12 +68,12 @@ impl Compaction {
         self.min_bytes > 0
             && backlog_bytes <= COMPACT_BACKLOG_MAX
             && log_bytes >= self.min_bytes
-            && log_bytes >= self.after_last.saturating_mul(REGROWTH)
+            && log_bytes >= self.copied_last.saturating_mul(REGROWTH)
     }
 
-    /// Records a swap that left a store of `bytes`.
+    /// Records a swap that copied `bytes` of keys and values.
     pub(super) fn done(&mut self, bytes: u64) {
-        self.after_last = bytes;
+        self.copied_last = bytes;
         self.count += 1;
     }
 }
@@ -180,13 +180,18 @@ pub fn store_bytes(dir: &Path) -> u64 {
 }
 
 /// Steps 1 and 2 of a swap (module docs): copies `from`'s outbox tree into a fresh store in the
-/// data dir and makes it the live one. The caller then drops `from` and calls [`finish`].
+/// data dir and makes it the live one. Returns the new store and the bytes (keys and values)
+/// copied. The caller then drops `from` and calls [`finish`].
 ///
 /// # Errors
 /// [`OutboxError::Storage`] from sled or the filesystem (a full disk, say), before the commit
 /// point: the old store is then still the live one, and what the swap wrote is removed by the
 /// next swap or open. Once `CURRENT` is renamed over, the new store is returned.
-pub(super) fn swap(data_dir: &Path, from: &Store, cache_bytes: u64) -> Result<Store, OutboxError> {
+pub(super) fn swap(
+    data_dir: &Path,
+    from: &Store,
+    cache_bytes: u64,
+) -> Result<(Store, u64), OutboxError> {
     let io = |e: io::Error| OutboxError::Storage(e.into());
     remove_stale(data_dir, &from.dir).map_err(io)?;
     let number = from
@@ -200,9 +205,10 @@ pub(super) fn swap(data_dir: &Path, from: &Store, cache_bytes: u64) -> Result<St
     let (db, sync) = crate::durable::open(&to_dir, cache_bytes)?;
     let tree = db.open_tree(super::store::TREE)?;
     let mut batch = sled::Batch::default();
-    let mut keys = 0;
+    let (mut keys, mut copied) = (0, 0u64);
     for entry in from.tree.iter() {
         let (key, value) = entry?;
+        copied += (key.len() + value.len()) as u64;
         batch.insert(key, value);
         keys += 1;
         if keys % COPY_BATCH_KEYS == 0 {
@@ -227,12 +233,13 @@ pub(super) fn swap(data_dir: &Path, from: &Store, cache_bytes: u64) -> Result<St
     if let Err(e) = File::open(data_dir).and_then(|d| d.sync_all()) {
         log::warn!(error:% = e; "syncing the data dir after switching to the compacted store failed");
     }
-    Ok(Store {
+    let store = Store {
         db,
         sync,
         tree,
         dir: to_dir,
-    })
+    };
+    Ok((store, copied))
 }
 
 /// What [`compact_offline`] did.
@@ -257,7 +264,7 @@ pub struct Compacted {
 pub fn compact_offline(data_dir: &Path, cache_bytes: u64) -> Result<Compacted, OutboxError> {
     let (store, stats) = Store::open(data_dir, cache_bytes)?;
     let before_bytes = store_bytes(&store.dir);
-    let new = swap(data_dir, &store, cache_bytes)?;
+    let (new, _) = swap(data_dir, &store, cache_bytes)?;
     let live = new.dir.clone();
     drop((store, new));
     finish(data_dir, &live).map_err(|e| OutboxError::Storage(e.into()))?;

@@ -230,8 +230,8 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let new = match compact::swap(&self.dir, store, self.config.cache_bytes) {
-            Ok(new) => new,
+        let (new, copied) = match compact::swap(&self.dir, store, self.config.cache_bytes) {
+            Ok(swapped) => swapped,
             Err(e) => {
                 log::warn!(error:% = e; "compacting the outbox store failed; keeping it as it is");
                 return;
@@ -244,10 +244,10 @@ impl Writer {
             log::warn!(error:% = e; "removing the old outbox store failed; the next open removes it");
         }
         let after = compact::store_bytes(&live);
-        self.compaction.done(after);
+        self.compaction.done(copied);
         self.stats.compactions = self.compaction.count;
         self.published.send_replace(self.stats);
-        log::info!(before_bytes = before, after_bytes = after, backlog_bytes = self.stats.backlog_bytes,
+        log::info!(before_bytes = before, after_bytes = after, copied_bytes = copied, backlog_bytes = self.stats.backlog_bytes,
             took_ms = started.elapsed().as_millis() as u64, store:% = live.display();
             "compacted the outbox store into a fresh one");
     }
