@@ -189,6 +189,8 @@ struct RunEnd {
     audit: Audit,
     /// From the last cut until the backlog drained.
     drain: Duration,
+    /// Store compactions of the relay since its last start, read when the backlog drained.
+    compactions: u64,
     /// Every broken promise, in words (empty: the run is clean).
     violations: Vec<String>,
     /// What each cut dropped, printed with the violations.
@@ -199,12 +201,14 @@ impl RunEnd {
     /// Prints the run's line and counts it in `summary`.
     fn report(&self, summary: &mut FamilySummary, run: u64) {
         eprintln!(
-            "partition: family={} run={run} schedule={:?}: {} faults={} drain={:?} violations={}",
+            "partition: family={} run={run} schedule={:?}: {} faults={} drain={:?} \
+             compactions since the relay's last start={} violations={}",
             summary.family,
             self.schedule,
             self.audit,
             self.faults,
             self.drain,
+            self.compactions,
             self.violations.len()
         );
         for v in &self.violations {
@@ -268,6 +272,7 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
         faults: 0,
         audit: audit(&[], &[]),
         drain: Duration::ZERO,
+        compactions: 0,
         violations: Vec::new(),
         dropped: Vec::new(),
     };
@@ -370,6 +375,7 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
         match within(DRAIN_BOUND, what, || status(port), all_acked).await {
             Ok(report) => {
                 end.drain = last_cut.elapsed();
+                end.compactions = report.store_compactions;
                 relay_acked = Some(report.acked_seq);
             }
             Err(e) => end.violations.push(e),
