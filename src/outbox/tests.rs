@@ -270,6 +270,12 @@ fn noise(seed: u64, len: usize) -> String {
         .collect()
 }
 
+/// Seqs of the stored events after `acked`.
+fn seqs_after(outbox: &Outbox, acked: u64) -> Vec<u64> {
+    let events = outbox.batch_after(acked, 10_000, 1 << 30).unwrap();
+    events.iter().map(|e| e.seq).collect()
+}
+
 /// Entries and file names directly in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -327,12 +333,7 @@ async fn a_drained_store_is_compacted_into_a_fresh_one_and_keeps_its_backlog() {
         "{compacted} bytes after, {filled} before"
     );
     // The backlog, the remembered id and the counters came along.
-    let rest: Vec<u64> = outbox
-        .batch_after(3995, 100, 1 << 20)
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let rest = seqs_after(&outbox, 3995);
     assert_eq!(rest, [3996, 3997, 3998, 3999, 4000]);
     let again = outbox
         .append(vec![
@@ -357,12 +358,7 @@ async fn a_drained_store_is_compacted_into_a_fresh_one_and_keeps_its_backlog() {
         ),
         (stream, 4002, 6, 0)
     );
-    let rest: Vec<u64> = outbox
-        .batch_after(3995, 100, 1 << 20)
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let rest = seqs_after(&outbox, 3995);
     assert_eq!(rest, [3996, 3997, 3998, 3999, 4000, 4001]);
     stop.cancel();
     task.await.unwrap();

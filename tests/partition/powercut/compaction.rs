@@ -92,28 +92,10 @@ async fn sweep(rng: &mut StdRng, compaction_fsync: Fsync) -> SweepEnd {
     let sink_fs = mount(&tmp.path().join("sink-fs"), Fsync::Honoured);
     let data_dir = relay_fs.path().to_owned();
     let sink_dir = sink_fs.path().join("store");
-    let (port, sink_addr) = (free_port(), free_port());
-    let upstream = format!("url = \"http://{sink_addr}/mcp\"");
-    let config = write_config_with(
+    let (mut relay, mut sink, port) = relay_and_sink(
         tmp.path(),
-        GATEWAY,
-        port,
-        &upstream,
-        "backoff_initial_ms = 10\nbackoff_max_ms = 200\nrequest_timeout_ms = 2000",
-    );
-    let mut relay = Proc::new(
-        "the relay (edge-relay run)",
-        &["run", "--config"],
-        &config,
-        port,
-        &tmp.path().join("relay.log"),
-    );
-    let mut sink = Proc::new(
-        "the upstream (edge-relay sink)",
-        &["sink", "--listen", &sink_addr.to_string(), "--data-dir"],
         &sink_dir,
-        sink_addr,
-        &tmp.path().join("sink.log"),
+        "backoff_initial_ms = 10\nbackoff_max_ms = 200\nrequest_timeout_ms = 2000",
     );
     // The fill: the upstream down, so every accepted event stays in the relay's store.
     relay.start().await.expect("a fresh relay starts");

@@ -244,29 +244,12 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
     let relay_fs = mount(&tmp.path().join("relay"), fsync);
     let sink_fs = mount(&tmp.path().join("sink-fs"), fsync);
     let sink_dir = sink_fs.path().join("store");
-    let port = free_port();
-    let sink_addr = free_port();
-    let upstream = format!("url = \"http://{sink_addr}/mcp\"");
     // Compaction from 1 MiB (not 16): the relay swaps its store for a fresh one now and then
     // while it delivers, and cuts land during those swaps too.
     let relay_keys = "backoff_initial_ms = 10\nbackoff_max_ms = 200\nbatch_max_events = 50\n\
                       request_timeout_ms = 2000\n[buffer]\ncompact_min_bytes = 1048576";
     // data_dir = <tmp>/relay, the relay's mount.
-    let config = write_config_with(tmp.path(), GATEWAY, port, &upstream, relay_keys);
-    let mut sink = Proc::new(
-        "the upstream (edge-relay sink)",
-        &["sink", "--listen", &sink_addr.to_string(), "--data-dir"],
-        &sink_dir,
-        sink_addr,
-        &tmp.path().join("sink.log"),
-    );
-    let mut relay = Proc::new(
-        "the relay (edge-relay run)",
-        &["run", "--config"],
-        &config,
-        port,
-        &tmp.path().join("relay.log"),
-    );
+    let (mut relay, mut sink, port) = relay_and_sink(tmp.path(), &sink_dir, relay_keys);
     let mut end = RunEnd {
         schedule: schedule.clone(),
         faults: 0,

@@ -110,6 +110,34 @@ pub(super) fn event_size(rng: &mut StdRng) -> usize {
     }
 }
 
+/// A run's relay (`edge-relay run`, `data_dir` = `<tmp>/relay`, with `relay_keys` under
+/// `[relay]`) and upstream (`edge-relay sink`, its store in `sink_dir`), not started, with the
+/// relay's ingest address; their stderr goes to `<tmp>/relay.log` and `<tmp>/sink.log`.
+pub(super) fn relay_and_sink(
+    tmp: &Path,
+    sink_dir: &Path,
+    relay_keys: &str,
+) -> (Proc, Proc, SocketAddr) {
+    let (port, sink_addr) = (free_port(), free_port());
+    let upstream = format!("url = \"http://{sink_addr}/mcp\"");
+    let config = write_config_with(tmp, GATEWAY, port, &upstream, relay_keys);
+    let relay = Proc::new(
+        "the relay (edge-relay run)",
+        &["run", "--config"],
+        &config,
+        port,
+        &tmp.join("relay.log"),
+    );
+    let sink = Proc::new(
+        "the upstream (edge-relay sink)",
+        &["sink", "--listen", &sink_addr.to_string(), "--data-dir"],
+        sink_dir,
+        sink_addr,
+        &tmp.join("sink.log"),
+    );
+    (relay, sink, port)
+}
+
 /// One of the run's processes (`edge-relay ARGS PATH`), restartable, its stderr appended to a
 /// log file off the cut filesystems; killed when dropped.
 pub(super) struct Proc {
