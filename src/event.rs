@@ -116,7 +116,7 @@ impl NewEvent {
                 oversize: None,
             });
         }
-        let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(0);
+        let size = encoded_len(&data);
         if size > max_event_bytes {
             return Err(FieldError {
                 oversize: Some(size),
@@ -135,16 +135,61 @@ impl NewEvent {
         })
     }
 
+    /// [`NewEvent::from_json`] straight from the JSON text of one event, without building its
+    /// top-level object: `Some` exactly when `raw` is one well-formed JSON object that
+    /// `from_json` accepts, and then the same event. `None` means only "not decided here":
+    /// duplicate or escaped-differently keys, any refusal, malformed text; the caller then takes
+    /// the general path, which names the error. Numbers are not checked (see
+    /// [`crate::ingest::numbers`]).
+    pub fn from_json_text(raw: &[u8], max_event_bytes: usize) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let fields = serde::Deserializer::deserialize_map(&mut de, wire::Fields).ok()?;
+        de.end().ok()?;
+        let id = match fields.id {
+            Some(s) => Some(Uuid::parse_str(&s).ok()?),
+            None => None,
+        };
+        let fits = |s: &String, max: usize| !s.is_empty() && s.len() <= max;
+        let source = fields.source?;
+        let kind = fields.kind.unwrap_or_else(|| DEFAULT_KIND.to_owned());
+        let time = fields.time;
+        if !fits(&source, MAX_SOURCE_LEN) || !fits(&kind, MAX_KIND_LEN) {
+            return None;
+        }
+        if let Some(time) = &time
+            && (!fits(time, MAX_TIME_LEN) || check_rfc3339(time).is_err())
+        {
+            return None;
+        }
+        let data = fields.data?;
+        if encoded_len(&data) > max_event_bytes {
+            return None;
+        }
+        Some(Self {
+            id,
+            source,
+            kind,
+            time,
+            data,
+        })
+    }
+
     /// A digest of what the producer submitted (`source`, `kind`, `time` as given, `data`), to
     /// tell a repeated `id` with the same payload (an idempotent retry) from one with another
     /// (a conflict). FNV-1a 64 over the JSON of those fields; object keys are sorted by
     /// serde_json's map, so the digest does not depend on their order in the request.
+    ///
+    /// The JSON is hashed as it is written, never held in memory.
     pub fn digest(&self) -> u64 {
-        let bytes = serde_json::to_vec(&(&self.source, &self.kind, &self.time, &self.data))
-            .unwrap_or_default();
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+        let mut fnv = Fnv1a(0xcbf2_9ce4_8422_2325);
+        // Writing into the hasher cannot fail (nor can encoding these types): an error would
+        // leave the digest of what was written so far, as the old `unwrap_or_default` did of
+        // nothing.
+        let _ = serde_json::to_writer(
+            &mut fnv,
+            &(&self.source, &self.kind, &self.time, &self.data),
+        );
+        fnv.0
     }
 
     /// Turns a validated submission into a committed event at `seq`.
@@ -156,6 +201,115 @@ impl NewEvent {
             kind: self.kind,
             time: self.time.unwrap_or_else(|| now.to_owned()),
             data: self.data,
+        }
+    }
+}
+
+/// Bytes of `value` encoded as compact JSON (`serde_json::to_vec(value).len()`), counted as it
+/// is written, without holding the encoding.
+pub fn encoded_len(value: &Value) -> usize {
+    let mut count = Count(0);
+    // Counting cannot fail, nor can encoding a `Value`.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// A writer that only counts the bytes written to it.
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0 += buf.len();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that folds the bytes written to it into an FNV-1a 64 hash.
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0 = buf.iter().fold(self.0, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The fields of one submitted event object, read straight from its text
+/// ([`NewEvent::from_json_text`]).
+mod wire {
+    use serde::de::{Error as _, MapAccess, Visitor};
+    use serde_json::Value;
+
+    /// The fields as sent: a string field absent or `null` is `None` (as in
+    /// [`super::NewEvent::from_json`]); `data` is `None` only when absent (`null` is a value).
+    #[derive(Default)]
+    pub(super) struct Parts {
+        pub(super) id: Option<String>,
+        pub(super) source: Option<String>,
+        pub(super) kind: Option<String>,
+        pub(super) time: Option<String>,
+        pub(super) data: Option<Value>,
+    }
+
+    #[derive(serde::Deserialize, Clone, Copy)]
+    #[serde(field_identifier, rename_all = "lowercase")]
+    enum Field {
+        Id,
+        Source,
+        Kind,
+        Time,
+        Data,
+    }
+
+    /// Reads an object of the five known fields; anything else (another field, one twice,
+    /// a value of another type) is an error, which only means "take the general path".
+    pub(super) struct Fields;
+
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Parts;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an event object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
+            let mut parts = Parts::default();
+            let mut seen = 0u8;
+            while let Some(field) = map.next_key::<Field>()? {
+                let bit = 1 << field as u8;
+                if seen & bit != 0 {
+                    return Err(A::Error::custom("repeated field"));
+                }
+                seen |= bit;
+                match field {
+                    Field::Id => parts.id = map.next_value()?,
+                    Field::Source => parts.source = map.next_value()?,
+                    Field::Kind => parts.kind = map.next_value()?,
+                    Field::Time => parts.time = map.next_value()?,
+                    Field::Data => parts.data = Some(map.next_value()?),
+                }
+            }
+            Ok(parts)
         }
     }
 }
@@ -267,6 +421,79 @@ mod tests {
             let err = NewEvent::from_json(value.clone(), 64).unwrap_err();
             assert_eq!(err.field, field, "{value}: {err}");
         }
+    }
+
+    #[test]
+    fn from_text_agrees_with_from_json() {
+        let id = "01936f0e-5b7c-7d2a-9c1e-2f0a3b4c5d6e";
+        let taken = [
+            r#"{"source":"ankle","kind":"sensor","data":{"fwd":-12,"unit":"mg"}}"#.to_owned(),
+            r#" {"data":null,"source":"a"} "#.to_owned(),
+            r#"{"source":"a","kind":null,"time":null,"id":null,"data":[]}"#.to_owned(),
+            r#"{"sourc\u0065":"\u00e9","data":"x"}"#.to_owned(),
+            format!(r#"{{"id":"{id}","source":"a","time":"2026-11-21T07:00:00+02:00","data":1}}"#),
+            format!(r#"{{"source":"a","data":"{}"}}"#, "x".repeat(62)),
+        ];
+        let general = [
+            r#"{"source":"a","data":1,"source":"b"}"#.to_owned(),
+            r#"{"source":"a","data":1,"data":2}"#.to_owned(),
+            r#"{"source":"a","data":1,"kind":null,"kind":"k"}"#.to_owned(),
+            r#"{"source":"a"}"#.to_owned(),
+            r#"{"data":1}"#.to_owned(),
+            r#"{"source":null,"data":1}"#.to_owned(),
+            r#"{"source":"","data":1}"#.to_owned(),
+            r#"{"source":"a","kind":"","data":1}"#.to_owned(),
+            r#"{"source":"a","kind":7,"data":1}"#.to_owned(),
+            r#"{"source":"a","time":"","data":1}"#.to_owned(),
+            r#"{"source":"a","time":"yesterday","data":1}"#.to_owned(),
+            r#"{"source":"a","id":"nope","data":1}"#.to_owned(),
+            r#"{"source":"a","id":7,"data":1}"#.to_owned(),
+            r#"{"source":"a","seq":1,"data":1}"#.to_owned(),
+            r#"{"source":"a","extra":1,"data":1}"#.to_owned(),
+            r#"{"source":"a","data":1} x"#.to_owned(),
+            r#"{"source":"a","data":1"#.to_owned(),
+            r#"[{"source":"a","data":1}]"#.to_owned(),
+            format!(r#"{{"source":"a","data":"{}"}}"#, "x".repeat(63)),
+            format!(
+                r#"{{"source":"{}","data":1}}"#,
+                "s".repeat(MAX_SOURCE_LEN + 1)
+            ),
+        ];
+        let slow = |raw: &str| {
+            serde_json::from_str::<Value>(raw)
+                .ok()
+                .and_then(|v| NewEvent::from_json(v, 64).ok())
+        };
+        for raw in &taken {
+            let fast = NewEvent::from_json_text(raw.as_bytes(), 64);
+            assert!(fast.is_some(), "{raw}");
+            assert_eq!(fast, slow(raw), "{raw}");
+        }
+        for raw in &general {
+            assert_eq!(NewEvent::from_json_text(raw.as_bytes(), 64), None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn digest_and_size_are_those_of_the_encoded_json() {
+        let fnv = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        for event in [
+            json!({"source":"ankle","kind":"sensor","data":{"fwd":-12,"vert":990,"unit":"mg"}}),
+            json!({"source":"a\"é\n","time":"2026-01-01T00:00:00Z","data":[1.5,"x",null]}),
+        ] {
+            let e = NewEvent::from_json(event, 1024).unwrap();
+            let json = serde_json::to_vec(&(&e.source, &e.kind, &e.time, &e.data)).unwrap();
+            assert_eq!(e.digest(), fnv(&json));
+            let data = serde_json::to_vec(&e.data).unwrap();
+            assert_eq!(encoded_len(&e.data), data.len());
+        }
+        // A fixed value: stored id index entries carry digests, which must not change.
+        let e = NewEvent::from_json(json!({"source":"a","data":1}), 64).unwrap();
+        assert_eq!(e.digest(), fnv(br#"["a","event",null,1]"#));
     }
 
     #[test]

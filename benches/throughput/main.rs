@@ -5,7 +5,10 @@
 //! - `--events N` (default 1,000,000): events per fill; the buffered backlog, each cycle's fill
 //!   and the floor's event count;
 //! - `--cycles C` (default 10): fill/drain cycles; cycle 1 carries the main figures;
-//! - `--idle-secs S` (default 10): how long the idle relay settles before its RSS is read.
+//! - `--idle-secs S` (default 10): how long the idle relay settles before its RSS is read;
+//! - `--only-ingest`: measure the floor, then only the NDJSON phase of cycle 1 (min(N, 200,000)
+//!   events, 4 producers, batches of 100, empty store) and stop: no idle RSS, single-event
+//!   phases, drains, cycles or own-process run. For quick before/after comparisons of ingest.
 //!
 //! Quick run: `cargo bench --bench throughput -- --events 100000 --cycles 2` (a few minutes
 //! after the build). The default run took 41 min on the shared 2-core VM under a load average of
@@ -43,11 +46,13 @@ mod load;
 mod measure;
 mod own_process;
 mod procs;
+mod quick;
 
 use load::*;
 use measure::*;
 use own_process::*;
 use procs::*;
+use quick::*;
 
 /// Longest the reference upstream may take to accept TCP connections after it is spawned.
 const SINK_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,15 +76,18 @@ struct Args {
     events: usize,
     cycles: usize,
     idle_secs: u64,
+    only_ingest: bool,
 }
 
 impl Args {
-    /// Parses `--events`, `--cycles` and `--idle-secs`; ignores the `--bench` cargo adds.
+    /// Parses `--events`, `--cycles`, `--idle-secs` and `--only-ingest`; ignores the `--bench`
+    /// cargo adds.
     fn parse() -> Self {
         let mut args = Args {
             events: 1_000_000,
             cycles: 10,
             idle_secs: 10,
+            only_ingest: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -92,8 +100,11 @@ impl Args {
                 "--events" => args.events = value("--events") as usize,
                 "--cycles" => args.cycles = value("--cycles") as usize,
                 "--idle-secs" => args.idle_secs = value("--idle-secs"),
+                "--only-ingest" => args.only_ingest = true,
                 "--bench" => {}
-                other => panic!("unknown flag {other}; flags: --events N --cycles C --idle-secs S"),
+                other => panic!(
+                    "unknown flag {other}; flags: --events N --cycles C --idle-secs S --only-ingest"
+                ),
             }
         }
         assert!(args.events >= 1_000, "--events must be at least 1000");
@@ -200,6 +211,10 @@ async fn main() {
         );
     }
     let floor_rate = floors[0].rate();
+    if args.only_ingest {
+        only_ingest(config, &lines, n, floor_rate).await;
+        return;
+    }
 
     // 2. Idle RSS, the relay in its own process.
     println!();
@@ -296,24 +311,7 @@ async fn main() {
         "≥ 8x",
         Some(ratio >= 8.0),
     );
-    goals.add(
-        "durable ingest, NDJSON batches of 100, 4 producers",
-        format!("{} events/s", thousands(probe.rate() as u64)),
-        "",
-        "≥ 100k events/s",
-        Some(probe.rate() >= 100_000.0),
-    );
-    let of_floor = probe.rate() / floor_rate;
-    goals.add(
-        "  ... as a fraction of the plain-file floor",
-        format!("{:.1}%", of_floor * 100.0),
-        &format!(
-            "of {} events/s (groups of 400)",
-            thousands(floor_rate as u64)
-        ),
-        "≥ 50%",
-        Some(of_floor >= 0.5),
-    );
+    ndjson_goals(&mut goals, &probe, floor_rate);
     println!(
         "stored event, encoded JSON: mean {encoded:.0} B ({sampled} sampled); the outbox's own \
          budget per event (keys + values): {:.0} B",

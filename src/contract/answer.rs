@@ -36,6 +36,29 @@ impl IngestAnswer {
         }
     }
 
+    /// The answer as JSON text, its keys in alphabetical order: the same bytes as
+    /// `serde_json::to_value(self)` printed (whose map sorts keys), without building that
+    /// `Value` (a string per id).
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Sorted<'a> {
+            accepted: usize,
+            first_seq: Option<u64>,
+            ids: &'a [Uuid],
+            last_seq: Option<u64>,
+            seqs: &'a [u64],
+        }
+        let sorted = Sorted {
+            accepted: self.accepted,
+            first_seq: self.first_seq,
+            ids: &self.ids,
+            last_seq: self.last_seq,
+            seqs: &self.seqs,
+        };
+        // Encoding numbers, uuids and options into memory cannot fail.
+        serde_json::to_vec(&sorted).unwrap_or_default()
+    }
+
     /// The `(seq, id)` pairs, in body order.
     ///
     /// # Errors
@@ -76,6 +99,10 @@ mod tests {
         assert_eq!(back.pairs().unwrap(), vec![(4, a), (3, b)]);
         let empty = serde_json::to_value(IngestAnswer::new(&[])).unwrap();
         assert_eq!(empty["first_seq"], serde_json::Value::Null);
+        for answer in [answer, IngestAnswer::new(&[])] {
+            let value = serde_json::to_value(&answer).unwrap().to_string();
+            assert_eq!(String::from_utf8(answer.to_json()).unwrap(), value);
+        }
     }
 
     #[test]

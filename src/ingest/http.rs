@@ -181,10 +181,7 @@ impl IngestHttp {
                 log::debug!(gateway = &*self.gateway, stream:% = self.outbox.stats().stream,
                     seq = answer.first_seq, last_seq = answer.last_seq, events = answer.accepted;
                     "events committed");
-                json_response(
-                    StatusCode::OK,
-                    serde_json::to_value(answer).unwrap_or_default(),
-                )
+                json_bytes_response(StatusCode::OK, answer.to_json())
             }
             Err(e) => {
                 let status = match &e {
@@ -233,7 +230,11 @@ fn warn_if_descriptors_short(max_connections: usize) {
 }
 
 fn json_response(status: StatusCode, body: Value) -> HttpResponse {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes_response(status, body.to_string().into_bytes())
+}
+
+fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -20,6 +20,8 @@
 //! Keys: `c` + first seq (u64 BE) + piece number (u16 BE), so a key range walks chunks in seq
 //! order and each chunk's pieces in order.
 
+use std::cell::RefCell;
+
 use super::keys::{CHUNK, be_u64};
 
 /// Largest sled value a chunk piece occupies, bytes: at most [`crate::durable::MAX_VALUE_BYTES`]
@@ -32,6 +34,9 @@ const _: () = assert!(PIECE_MAX_BYTES <= crate::durable::MAX_VALUE_BYTES);
 /// A chunk is closed once its body reaches this many bytes (a larger single event still makes
 /// one chunk of its own). Bounds what a reader decodes to find one event.
 pub const CHUNK_TARGET_BYTES: usize = 32 * 1024;
+/// Room past [`CHUNK_TARGET_BYTES`] that a chunk body is allocated with: the event that fills
+/// a chunk ends past the target, by up to its own size.
+const BODY_SLACK_BYTES: usize = 1024;
 /// Bytes of the plain chunk header.
 const HEADER_BYTES: usize = 9;
 /// Bytes of the zstd chunk header (the plain header and `packed_len`).
@@ -70,12 +75,13 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// An empty chunk whose first event will get `first_seq`.
+    /// An empty chunk whose first event will get `first_seq`; its body is sized for a full
+    /// chunk of small events at once (no regrowth while events are pushed).
     pub fn new(first_seq: u64) -> Self {
         Self {
             first_seq,
             count: 0,
-            body: Vec::new(),
+            body: Vec::with_capacity(CHUNK_TARGET_BYTES + BODY_SLACK_BYTES),
         }
     }
 
@@ -109,7 +115,7 @@ impl Builder {
         };
         // Compressing a byte slice in memory cannot fail short of allocation failure, which
         // aborts; an error would only mean "store it plain".
-        if let Ok(packed) = zstd::bulk::compress(&self.body, ZSTD_LEVEL)
+        if let Ok(packed) = compress(&self.body)
             && ZSTD_HEADER_BYTES + packed.len() < HEADER_BYTES + self.body.len()
         {
             let mut out = header(ZSTD, ZSTD_HEADER_BYTES + packed.len());
@@ -126,6 +132,26 @@ impl Builder {
     pub fn stored_bytes(&self) -> u64 {
         stored_bytes(HEADER_BYTES + self.body.len())
     }
+}
+
+thread_local! {
+    /// The zstd context of the thread encoding chunks (the outbox writer's), kept between
+    /// chunks: a fresh one per chunk costs its allocation and table setup every time. It holds
+    /// a workspace sized for the largest chunk it compressed (some hundred KiB at level 1).
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// `body` as one zstd frame at [`ZSTD_LEVEL`], with this thread's context.
+fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.try_borrow_mut().map_err(std::io::Error::other)?;
+        let compressor = match &mut *slot {
+            Some(compressor) => compressor,
+            empty => empty.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        compressor.compress(body)
+    })
 }
 
 /// Bytes a chunk whose plain encoding is `plain_len` bytes occupies in the budget: that and

@@ -1,0 +1,75 @@
+//! `--only-ingest`: the floor and the NDJSON ingest rate alone, for quick before/after runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use edge_relay::config::Config;
+
+use super::*;
+
+/// User + system CPU time of this process so far, seconds (`getrusage`).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Adds the two NDJSON ingest goals: the rate, and the rate as a fraction of `floor_rate`
+/// (events/s of the plain-file floor, groups of 400).
+pub(crate) fn ndjson_goals(goals: &mut Goals, probe: &Ingested, floor_rate: f64) {
+    goals.add(
+        "durable ingest, NDJSON batches of 100, 4 producers",
+        format!("{} events/s", thousands(probe.rate() as u64)),
+        "",
+        "≥ 100k events/s",
+        Some(probe.rate() >= 100_000.0),
+    );
+    let of_floor = probe.rate() / floor_rate;
+    goals.add(
+        "  ... as a fraction of the plain-file floor",
+        format!("{:.1}%", of_floor * 100.0),
+        &format!(
+            "of {} events/s (groups of 400)",
+            thousands(floor_rate as u64)
+        ),
+        "≥ 50%",
+        Some(of_floor >= 0.5),
+    );
+}
+
+/// The NDJSON phase of cycle 1 alone: the relay in process, empty store, no upstream, then
+/// `min(N, 200,000)` events in NDJSON batches of 100 from 4 producers; prints its goals and the
+/// process's CPU time per event over the phase (steadier than the rate on a shared machine).
+pub(crate) async fn only_ingest(config: Config, lines: &Arc<Lines>, n: usize, floor_rate: f64) {
+    let relay = edge_relay::daemon::start(config, edge_relay::daemon::Seams::default())
+        .await
+        .expect("relay");
+    let addr: SocketAddr = relay.ingest_addr;
+    println!();
+    println!("NDJSON ingest only (--only-ingest: no single-event phases, drain or own process)");
+    report_header();
+    let cpu = cpu_seconds();
+    let probe = ingest(addr, lines, 200_000.min(n), BATCH, BATCH_PRODUCERS).await;
+    let cpu = cpu_seconds() - cpu;
+    report(
+        "ingest, NDJSON batches of 100, 4 producers",
+        probe.events,
+        probe.took,
+        probe.written,
+    );
+    println!(
+        "CPU of this process (relay + load generator) meanwhile: {cpu:.2} s = {:.2} us per \
+         event, {:.2} cores on average",
+        cpu * 1e6 / probe.events as f64,
+        cpu / probe.took.as_secs_f64()
+    );
+    relay.stop().await;
+    let mut goals = Goals::default();
+    ndjson_goals(&mut goals, &probe, floor_rate);
+    println!();
+    goals.print();
+}
