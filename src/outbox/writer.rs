@@ -398,7 +398,8 @@ impl Writer {
         let mut records = Vec::with_capacity(events.len());
         let mut needed = 0u64;
         for (index, new) in events.into_iter().enumerate() {
-            let digest = new.digest();
+            // Only a producer-supplied id is indexed, so only its event needs the digest.
+            let digest = new.id.map(|_| new.digest()).unwrap_or_default();
             if let Some(id) = new.id {
                 let known = match fresh.get(&id).or_else(|| group.fresh.get(&id)) {
                     Some(&(seq, stored)) => Some((seq, Some(stored))),
