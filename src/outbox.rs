@@ -22,6 +22,7 @@ mod compact;
 mod config;
 mod error;
 mod keys;
+mod location;
 mod recovery;
 mod stats;
 mod store;
@@ -37,11 +38,10 @@ use crate::event::{Event, NewEvent};
 
 use command::Command;
 pub use command::{Appended, COMMAND_QUEUE};
-pub use compact::{
-    COMPACT_BACKLOG_MAX, CURRENT_FILE, Compacted, STORE_PREFIX, compact_offline, store_bytes,
-};
+pub use compact::{COMPACT_BACKLOG_MAX, Compacted, compact_offline};
 pub use config::OutboxConfig;
 pub use error::OutboxError;
+pub use location::{CURRENT_FILE, STORE_PREFIX, store_bytes};
 pub use stats::OutboxStats;
 pub use writer::Writer;
 

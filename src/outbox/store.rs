@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::compact::live_dir;
 use super::error::OutboxError;
+use super::location::live_dir;
 use super::recovery::load_or_init;
 use super::stats::OutboxStats;
 use crate::durable::FsSync;

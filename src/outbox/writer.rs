@@ -30,6 +30,7 @@ use super::compact::{self, Compaction};
 use super::config::OutboxConfig;
 use super::error::OutboxError;
 use super::keys::{id_by_seq_key, id_key, index_digest, index_seq, index_value};
+use super::location::{log_bytes, store_bytes};
 use super::recovery::{event_id, put_counters, roll_back};
 use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
@@ -225,7 +226,7 @@ impl Writer {
     /// ack, once the group is answered). A failed swap leaves the old store live.
     async fn compact_if_due(&mut self) {
         let Some(store) = &self.store else { return };
-        let before = compact::log_bytes(&store.dir);
+        let before = log_bytes(&store.dir);
         if !self.compaction.due(self.stats.backlog_bytes, before) {
             return;
         }
@@ -243,7 +244,7 @@ impl Writer {
         if let Err(e) = compact::finish(&self.dir, &live) {
             log::warn!(error:% = e; "removing the old outbox store failed; the next open removes it");
         }
-        let after = compact::store_bytes(&live);
+        let after = store_bytes(&live);
         self.compaction.done(copied);
         self.stats.compactions = self.compaction.count;
         self.published.send_replace(self.stats);
