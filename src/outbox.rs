@@ -41,7 +41,7 @@ pub use command::{Appended, COMMAND_QUEUE};
 pub use compact::{COMPACT_BACKLOG_MAX, Compacted, compact_offline};
 pub use config::OutboxConfig;
 pub use error::OutboxError;
-pub use location::{CURRENT_FILE, STORE_PREFIX, store_bytes};
+pub use location::{CURRENT_FILE, STORE_PREFIX, holds_store, store_bytes};
 pub use stats::OutboxStats;
 pub use writer::Writer;
 

@@ -28,7 +28,7 @@ pub fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     let config = crate::config::Config::load_or_default(args.config.as_deref())?;
     let dir = args.data_dir.unwrap_or(config.data_dir);
     anyhow::ensure!(
-        dir.join("db").is_file() || dir.join(crate::outbox::CURRENT_FILE).is_file(),
+        crate::outbox::holds_store(&dir),
         "{} holds no edge-relay store",
         dir.display()
     );

@@ -42,7 +42,7 @@ fn reason(dir: &Path) -> String {
 /// cannot be decoded.
 pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
     anyhow::ensure!(
-        dir.join("db").is_file() || dir.join(crate::outbox::CURRENT_FILE).is_file(),
+        crate::outbox::holds_store(dir),
         "{} holds no edge-relay store",
         dir.display()
     );

@@ -59,13 +59,15 @@ impl Compaction {
         }
     }
 
-    /// Whether a store whose log file is `log_bytes` long, holding a backlog of
-    /// `backlog_bytes`, is worth swapping now.
-    pub(super) fn due(&self, backlog_bytes: u64, log_bytes: u64) -> bool {
-        self.min_bytes > 0
-            && backlog_bytes <= COMPACT_BACKLOG_MAX
-            && log_bytes >= self.min_bytes
-            && log_bytes >= self.copied_last.saturating_mul(REGROWTH)
+    /// The store's log length when a store holding a backlog of `backlog_bytes` is worth
+    /// swapping now, else `None`; `log_bytes` (a stat) is called only once the backlog is small
+    /// enough, not on every ack.
+    pub(super) fn due(&self, backlog_bytes: u64, log_bytes: impl FnOnce() -> u64) -> Option<u64> {
+        if self.min_bytes == 0 || backlog_bytes > COMPACT_BACKLOG_MAX {
+            return None;
+        }
+        let log = log_bytes();
+        (log >= self.min_bytes && log >= self.copied_last.saturating_mul(REGROWTH)).then_some(log)
     }
 
     /// Records a swap that copied `bytes` of keys and values.
@@ -188,15 +190,21 @@ mod tests {
     #[test]
     fn due_only_for_a_large_store_with_a_small_backlog() {
         let mut c = Compaction::new(16 << 20);
-        assert!(c.due(0, 16 << 20));
-        assert!(!c.due(0, (16 << 20) - 1), "under the minimum");
-        assert!(
-            !c.due(COMPACT_BACKLOG_MAX + 1, 64 << 20),
+        assert_eq!(c.due(0, || 16 << 20), Some(16 << 20));
+        assert_eq!(c.due(0, || (16 << 20) - 1), None, "under the minimum");
+        let unread = || panic!("the log is not read while the backlog is large");
+        assert_eq!(
+            c.due(COMPACT_BACKLOG_MAX + 1, unread),
+            None,
             "backlog too large"
         );
         c.done(10 << 20);
-        assert!(!c.due(0, 39 << 20), "not yet 4x the last result");
-        assert!(c.due(0, 40 << 20));
-        assert!(!Compaction::new(0).due(0, u64::MAX), "0 turns it off");
+        assert_eq!(c.due(0, || 39 << 20), None, "not yet 4x the last result");
+        assert_eq!(c.due(0, || 40 << 20), Some(40 << 20));
+        assert_eq!(
+            Compaction::new(0).due(0, || u64::MAX),
+            None,
+            "0 turns it off"
+        );
     }
 }

@@ -47,6 +47,11 @@ pub(super) fn live_dir(data_dir: &Path) -> Result<PathBuf, OutboxError> {
     Ok(live)
 }
 
+/// Whether `data_dir` holds an outbox store: sled's log in it, or a `CURRENT` naming one.
+pub fn holds_store(data_dir: &Path) -> bool {
+    data_dir.join("db").is_file() || data_dir.join(CURRENT_FILE).is_file()
+}
+
 /// The `n` of a `store-<n>` name.
 pub(super) fn store_number(name: &str) -> Option<u64> {
     name.strip_prefix(STORE_PREFIX)?.parse().ok()

@@ -226,10 +226,12 @@ impl Writer {
     /// ack, once the group is answered). A failed swap leaves the old store live.
     async fn compact_if_due(&mut self) {
         let Some(store) = &self.store else { return };
-        let before = log_bytes(&store.dir);
-        if !self.compaction.due(self.stats.backlog_bytes, before) {
+        let Some(before) = self
+            .compaction
+            .due(self.stats.backlog_bytes, || log_bytes(&store.dir))
+        else {
             return;
-        }
+        };
         let started = Instant::now();
         let (new, copied) = match compact::swap(&self.dir, store, self.config.cache_bytes) {
             Ok(swapped) => swapped,
