@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+mod encoded;
+
+pub use encoded::Encoded;
+
 /// Default cap on the encoded size of one event's `data`, in bytes (64 KiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest accepted `source`, in bytes.
@@ -29,7 +33,8 @@ pub struct Event {
     pub source: String,
     /// `sensor`, `tool` or another short string (1..=64 bytes).
     pub kind: String,
-    /// Producer timestamp, else gateway clock at commit (RFC 3339). Never used for ordering.
+    /// Producer timestamp, else the gateway clock when the relay took the event (RFC 3339).
+    /// Never used for ordering.
     pub time: String,
     /// Any JSON value, at most `max_event_bytes` when encoded.
     pub data: Value,

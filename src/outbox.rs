@@ -34,7 +34,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::contract::Gap;
-use crate::event::{Event, NewEvent};
+use crate::event::{Encoded, Event, NewEvent, now_rfc3339};
 
 use command::Command;
 pub use command::{Appended, COMMAND_QUEUE};
@@ -84,6 +84,16 @@ impl Outbox {
     /// [`OutboxError::Full`] (policy `reject`, or the call alone exceeds `max_bytes`),
     /// [`OutboxError::Closed`] during shutdown, [`OutboxError::Storage`] on I/O failure.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Appended, OutboxError> {
+        // Encoded here, in the caller's task, so that the single writer only adds the seq.
+        let now = now_rfc3339();
+        let events = events
+            .iter()
+            .map(|event| Encoded::new(event, &now))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| OutboxError::Corrupt {
+                seq: 0,
+                reason: format!("encoding an event: {e}"),
+            })?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Append { events, reply })

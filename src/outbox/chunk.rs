@@ -92,10 +92,16 @@ impl Builder {
 
     /// Appends the next event (seq `first_seq + count`), already encoded as JSON.
     pub fn push(&mut self, encoded: &[u8]) {
+        self.push_with(|body| body.extend_from_slice(encoded));
+    }
+
+    /// Appends the next event (seq `first_seq + count`), which `write` appends to the body as
+    /// JSON (one line: no raw newline).
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         if self.count > 0 {
             self.body.push(b'\n');
         }
-        self.body.extend_from_slice(encoded);
+        write(&mut self.body);
         self.count += 1;
     }
 

@@ -4,7 +4,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::error::OutboxError;
-use crate::event::NewEvent;
+use crate::event::Encoded;
 
 /// Bound of the writer's command queue; producers wait (backpressure) when it is full.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -19,7 +19,7 @@ pub struct Appended {
 /// A request to the writer, with the channel of its answer.
 pub(super) enum Command {
     Append {
-        events: Vec<NewEvent>,
+        events: Vec<Encoded>,
         reply: oneshot::Sender<Result<Appended, OutboxError>>,
     },
     Ack {

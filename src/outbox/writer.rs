@@ -35,7 +35,7 @@ use super::recovery::{event_id, put_counters, roll_back};
 use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
 use crate::config::Overflow;
-use crate::event::{NewEvent, now_rfc3339};
+use crate::event::Encoded;
 use crate::service::heartbeat::Heartbeat;
 
 /// Most events in one group commit (one fsync).
@@ -387,51 +387,32 @@ impl Writer {
     }
 
     /// Stages one producer request in `group`: all of it, or none of it on an error.
-    fn append(
-        &mut self,
-        events: Vec<NewEvent>,
-        group: &mut Group,
-    ) -> Result<Appended, OutboxError> {
+    fn append(&mut self, events: Vec<Encoded>, group: &mut Group) -> Result<Appended, OutboxError> {
         self.ensure_free_space()?;
-        let now = now_rfc3339();
-        let first_seq = self.stats.next_seq + group.events;
-        let mut next_seq = first_seq;
+        let mut next_seq = self.stats.next_seq + group.events;
         let mut fresh: HashMap<Uuid, (u64, u64)> = HashMap::new();
         let mut assigned = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
         let mut needed = 0u64;
-        for (index, new) in events.into_iter().enumerate() {
-            // Only a producer-supplied id is indexed, so only its event needs the digest.
-            let digest = new.id.map(|_| new.digest()).unwrap_or_default();
-            if let Some(id) = new.id {
+        for (index, event) in events.into_iter().enumerate() {
+            if let Some(id) = event.supplied {
                 let known = match fresh.get(&id).or_else(|| group.fresh.get(&id)) {
                     Some(&(seq, stored)) => Some((seq, Some(stored))),
                     None => self.known_seq(&id)?,
                 };
                 if let Some((seq, stored)) = known {
-                    if stored.is_some_and(|stored| stored != digest) {
+                    if stored.is_some_and(|stored| stored != event.digest) {
                         return Err(OutboxError::IdConflict { index, id, seq });
                     }
                     assigned.push((seq, id));
                     continue;
                 }
+                fresh.insert(id, (next_seq, event.digest));
             }
-            let supplied = new.id.is_some();
-            let id = new.id.unwrap_or_else(Uuid::now_v7);
-            let seq = next_seq;
+            needed += event.len_at(next_seq) as u64 + 1;
+            assigned.push((next_seq, event.id));
+            records.push((next_seq, event));
             next_seq += 1;
-            let value = serde_json::to_vec(&new.commit(seq, id, &now)).map_err(|e| {
-                OutboxError::Corrupt {
-                    seq,
-                    reason: format!("encoding: {e}"),
-                }
-            })?;
-            needed += value.len() as u64 + 1;
-            if supplied {
-                fresh.insert(id, (seq, digest));
-            }
-            assigned.push((seq, id));
-            records.push(value);
         }
         let used = self.stats.backlog_bytes + group.bytes;
         if used + needed > self.config.max_bytes {
@@ -447,13 +428,13 @@ impl Writer {
             }
             self.drop_oldest(group.bytes + needed)?;
         }
-        for value in &records {
+        for (seq, event) in &records {
+            let write = |body: &mut Vec<u8>| event.write_at(*seq, body);
             match group.chunks.last_mut() {
-                Some(open) if !open.is_full() => open.push(value),
+                Some(open) if !open.is_full() => open.push_with(write),
                 _ => {
-                    let seq = self.stats.next_seq + group.events;
-                    let mut open = Builder::new(seq);
-                    open.push(value);
+                    let mut open = Builder::new(*seq);
+                    open.push_with(write);
                     group.chunks.push(open);
                 }
             }
