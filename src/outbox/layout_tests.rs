@@ -393,3 +393,59 @@ async fn a_damaged_counter_makes_the_store_unopenable_not_restarted() {
         "corrupt outbox record at seq 0: counter next_seq is 2 bytes, not 8"
     );
 }
+
+#[tokio::test]
+async fn a_group_of_more_than_one_sled_batch_is_stored_whole() {
+    use rand::RngExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
+    // 12 events of ~60 KiB that barely compress, with producer ids: one request, one group,
+    // whose chunks need several sled batches (writer::BATCH_MAX_BYTES).
+    let mut rng = rand::rng();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let events: Vec<NewEvent> = (0..12)
+        .map(|n| {
+            let pad: String = (0..60_000)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+                .collect();
+            NewEvent {
+                data: json!({ "n": n, "pad": pad }),
+                ..ev(n, Some(Uuid::new_v4()), 0)
+            }
+        })
+        .collect();
+    let assigned = running
+        .outbox
+        .append(events.clone())
+        .await
+        .unwrap()
+        .assigned;
+    assert_eq!(
+        assigned.iter().map(|a| a.0).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
+    let (db, tree) = raw(running, dir.path()).await;
+    let stored: usize = tree
+        .scan_prefix([CHUNK])
+        .map(|kv| kv.unwrap().1.len())
+        .sum();
+    assert!(
+        stored > 2 * super::writer::BATCH_MAX_BYTES,
+        "the group must span several batches: {stored} chunk bytes"
+    );
+    drop((tree, db));
+
+    let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
+    let outbox = &running.outbox;
+    assert_eq!(outbox.stats().next_seq, 13);
+    assert_eq!(outbox.stats().backlog_events, 12);
+    let batch = outbox.batch_after(0, 100, usize::MAX).unwrap();
+    assert_eq!(batch.len(), 12);
+    for ((event, sent), (seq, id)) in batch.iter().zip(&events).zip(&assigned) {
+        assert_eq!((event.seq, event.id, &event.data), (*seq, *id, &sent.data));
+    }
+    // Every id was indexed, those of the first batches too: a retry gets the same seqs.
+    let retried = outbox.append(events).await.unwrap();
+    assert_eq!(retried.assigned, assigned);
+    assert_eq!(outbox.stats().next_seq, 13);
+}

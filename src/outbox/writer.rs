@@ -2,9 +2,10 @@
 //! everyone).
 //
 // Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group.
-// Appends are staged in memory as chunks (`chunk::Builder`); at the end of the group each chunk
-// is written as one sled batch (its pieces and the index entries of its producer-supplied ids),
-// the last one also carrying the counters; then one fsync (`FsSync::flush`) makes the group
+// Appends arrive encoded (`event::Encoded`) and are staged in memory as chunks
+// (`chunk::Builder`); at the end of the group the chunks (their pieces and the index entries of
+// their producer-supplied ids) are written in sled batches of up to `BATCH_MAX_BYTES`, usually
+// one, the last also carrying the counters; then one fsync (`FsSync::flush`) makes the group
 // durable, and only then are the producers answered and the durable seq published to readers.
 // A crash between those batches leaves chunks past the durable `next_seq`, which the next open
 // rolls back (`recovery::roll_back`), so a group stays all or nothing.
@@ -40,6 +41,12 @@ use crate::service::heartbeat::Heartbeat;
 
 /// Most events in one group commit (one fsync).
 pub const GROUP_MAX_EVENTS: usize = 1024;
+/// Chunk bytes one sled batch of a group commit gathers before it is applied (a chunk is never
+/// split). Every sled batch costs two synchronous log writes of its own, each followed by
+/// sled's `sync_file_range` (sled 0.34 `PageCache::pin_log` writes out the io buffer before the
+/// batch and its batch manifest in a buffer of its own), so a group of small events goes in one
+/// batch; the bound keeps the batch's copy of a group of large events from doubling its memory.
+pub(super) const BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Most chunks one sled batch of an ack or a drop deletes.
 const CHUNKS_PER_BATCH: usize = 16;
 /// Most remembered ids one ack forgets; acks retire about as many, so this is the catch-up
@@ -478,7 +485,8 @@ impl Writer {
         })
     }
 
-    /// Writes the staged chunks, one sled batch each, the counters with the last.
+    /// Writes the staged chunks in as few sled batches as [`BATCH_MAX_BYTES`] allows (one for
+    /// a group of small events), the counters with the last.
     fn write_group(&mut self, group: Group) -> Result<(), OutboxError> {
         if group.chunks.is_empty() {
             return Ok(());
@@ -491,19 +499,25 @@ impl Writer {
         let mut ids = ids.iter().peekable();
         let count = group.chunks.len();
         let mut result = Ok(());
+        let (mut batch, mut batched) = (sled::Batch::default(), 0usize);
         for (n, open) in group.chunks.iter().enumerate() {
             staged.backlog_bytes += open.stored_bytes();
-            let mut batch = sled::Batch::default();
-            chunk::put(&mut batch, open.first_seq, &open.encode());
+            let encoded = open.encode();
+            chunk::put(&mut batch, open.first_seq, &encoded);
+            batched += encoded.len();
             let end = open.first_seq + u64::from(open.count());
             while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
                 batch.insert(&id_key(id)[..], &index_value(*seq, *digest)[..]);
                 batch.insert(&id_by_seq_key(*seq)[..], id.as_bytes());
             }
-            if n + 1 == count {
+            let last = n + 1 == count;
+            if last {
                 put_counters(&mut batch, &staged);
+            } else if batched < BATCH_MAX_BYTES {
+                continue;
             }
-            result = self.tree()?.apply_batch(batch);
+            result = self.tree()?.apply_batch(std::mem::take(&mut batch));
+            batched = 0;
             if result.is_err() {
                 break;
             }
