@@ -4,10 +4,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-mod encoded;
-
-pub use encoded::Encoded;
-
 /// Default cap on the encoded size of one event's `data`, in bytes (64 KiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest accepted `source`, in bytes.

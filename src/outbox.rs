@@ -20,6 +20,7 @@ pub mod chunk;
 mod command;
 mod compact;
 mod config;
+mod encoded;
 mod error;
 mod keys;
 mod location;
@@ -34,7 +35,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::contract::Gap;
-use crate::event::{Encoded, Event, NewEvent, now_rfc3339};
+use crate::event::{Event, NewEvent, now_rfc3339};
+use encoded::Encoded;
 
 use command::Command;
 pub use command::{Appended, COMMAND_QUEUE};

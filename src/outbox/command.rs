@@ -3,8 +3,8 @@
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::encoded::Encoded;
 use super::error::OutboxError;
-use crate::event::Encoded;
 
 /// Bound of the writer's command queue; producers wait (backpressure) when it is full.
 pub const COMMAND_QUEUE: usize = 1024;

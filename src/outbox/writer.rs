@@ -2,7 +2,7 @@
 //! everyone).
 //
 // Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group.
-// Appends arrive encoded (`event::Encoded`) and are staged in memory as chunks
+// Appends arrive encoded (`outbox::encoded::Encoded`) and are staged in memory as chunks
 // (`chunk::Builder`); at the end of the group the chunks (their pieces and the index entries of
 // their producer-supplied ids) are written in sled batches of up to `BATCH_MAX_BYTES`, usually
 // one, the last also carrying the counters; then one fsync (`FsSync::flush`) makes the group
@@ -29,6 +29,7 @@ use super::chunk::{self, Builder};
 use super::command::{Appended, Command};
 use super::compact::{self, Compaction};
 use super::config::OutboxConfig;
+use super::encoded::Encoded;
 use super::error::OutboxError;
 use super::keys::{id_by_seq_key, id_key, index_digest, index_seq, index_value};
 use super::location::{log_bytes, store_bytes};
@@ -36,7 +37,6 @@ use super::recovery::{event_id, put_counters, roll_back};
 use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
 use crate::config::Overflow;
-use crate::event::Encoded;
 use crate::service::heartbeat::Heartbeat;
 
 /// Most events in one group commit (one fsync).

@@ -1,5 +1,5 @@
-//! An accepted event encoded before it has a seq, so that the JSON encoding runs in the
-//! producer's task (on any worker thread, in parallel) and the outbox's single writer only puts
+//! An accepted event encoded before it has a seq: [`super::Outbox::append`] encodes it in the
+//! producer's task (on any worker thread, in parallel), and the single writer only puts
 //! `{"id":…,"seq":N` in front of it.
 
 use std::io::Write as _;
@@ -8,12 +8,12 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::NewEvent;
+use crate::event::NewEvent;
 
 /// A validated [`NewEvent`] in its stored wire form, all but the seq.
 ///
 /// [`Encoded::write_at`] writes exactly the bytes `serde_json::to_vec(&event)` gives for the
-/// committed [`super::Event`] (`{"id":uuid,"seq":u64,"source":str,"kind":str,"time":str,
+/// committed [`crate::event::Event`] (`{"id":uuid,"seq":u64,"source":str,"kind":str,"time":str,
 /// "data":any}`, compact, fields in that order), which a unit test pins.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
