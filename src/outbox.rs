@@ -36,12 +36,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::contract::Gap;
 use crate::event::{Event, NewEvent, now_rfc3339};
-use encoded::Encoded;
 
 use command::Command;
 pub use command::{Appended, COMMAND_QUEUE};
 pub use compact::{COMPACT_BACKLOG_MAX, Compacted, compact_offline};
 pub use config::OutboxConfig;
+use encoded::Encoded;
 pub use error::OutboxError;
 pub use location::{CURRENT_FILE, STORE_PREFIX, holds_store, store_bytes};
 pub use stats::OutboxStats;
@@ -86,11 +86,12 @@ impl Outbox {
     /// [`OutboxError::Full`] (policy `reject`, or the call alone exceeds `max_bytes`),
     /// [`OutboxError::Closed`] during shutdown, [`OutboxError::Storage`] on I/O failure.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Appended, OutboxError> {
-        // Encoded here, in the caller's task, so that the single writer only adds the seq.
+        // Encoded here, in the caller's task, so that the single writer only adds the seq. Each
+        // submission is dropped once encoded, not held beside its encoding until the fsync.
         let now = now_rfc3339();
         let events = events
-            .iter()
-            .map(|event| Encoded::new(event, &now))
+            .into_iter()
+            .map(|event| Encoded::new(&event, &now))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| OutboxError::Corrupt {
                 seq: 0,
