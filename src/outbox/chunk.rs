@@ -173,10 +173,16 @@ pub fn header_count(first_bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(first_bytes.get(1..5)?.try_into().ok()?))
 }
 
+/// The pieces of `bytes` (a chunk starting at `first_seq`) with their keys, in key order.
+pub fn pieces(first_seq: u64, bytes: &[u8]) -> impl Iterator<Item = ([u8; KEY_BYTES], &[u8])> {
+    (bytes.chunks(PIECE_MAX_BYTES).enumerate())
+        .map(move |(n, piece)| (key(first_seq, n as u16), piece))
+}
+
 /// Adds the pieces of `bytes` (a chunk starting at `first_seq`) to `batch`.
 pub fn put(batch: &mut sled::Batch, first_seq: u64, bytes: &[u8]) {
-    for (n, piece) in bytes.chunks(PIECE_MAX_BYTES).enumerate() {
-        batch.insert(&key(first_seq, n as u16)[..], piece);
+    for (key, piece) in pieces(first_seq, bytes) {
+        batch.insert(&key[..], piece);
     }
 }
 

@@ -275,11 +275,9 @@ async fn a_layout_1_store_is_migrated_at_open() {
     let (_db, tree) = raw(running, dir.path()).await;
     assert_eq!(tree.scan_prefix([b'e']).count(), 0);
     assert_eq!(tree.scan_prefix([b'r']).count(), 0);
-    let stats_bytes = tree
-        .get(meta_key("backlog_bytes"))
-        .unwrap()
-        .and_then(|v| be_u64(&v))
-        .unwrap();
+    // backlog_bytes, the fourth counter of the one value layout 4 keeps them in.
+    let counters = tree.get(meta_key("counters")).unwrap().unwrap();
+    let stats_bytes = be_u64(&counters[24..32]).unwrap();
     assert!(stats_bytes > 0 && stats_bytes != 999);
 }
 
@@ -358,19 +356,26 @@ async fn a_layout_2_store_of_plain_chunks_reads_unchanged_and_a_newer_layout_is_
         .get(meta_key("layout"))
         .unwrap()
         .and_then(|v| be_u64(&v));
-    assert_eq!(layout, Some(3));
-    tree.insert(meta_key("layout"), &4u64.to_be_bytes())
+    assert_eq!(layout, Some(4));
+    // The counters moved into one value; their keys of layouts 1-3 are gone.
+    for name in ["next_seq", "backlog_events"] {
+        assert_eq!(tree.get(meta_key(name)).unwrap(), None, "{name}");
+    }
+    let counters = tree.get(meta_key("counters")).unwrap().unwrap();
+    assert_eq!(counters.len(), 48);
+    assert_eq!(be_u64(&counters[..8]), Some(3), "next_seq");
+    tree.insert(meta_key("layout"), &5u64.to_be_bytes())
         .unwrap();
     tree.flush().unwrap();
     drop((_db, tree));
     let refused = Outbox::open(dir.path(), config(100, 1 << 30, Overflow::Reject))
         .err()
-        .expect("a layout-4 store is refused");
+        .expect("a layout-5 store is refused");
     assert!(refused.is_unopenable(), "{refused}");
     assert!(
         refused
             .to_string()
-            .contains("layout 4 was written by a newer edge-relay"),
+            .contains("layout 5 was written by a newer edge-relay"),
         "{refused}"
     );
 }
@@ -381,7 +386,7 @@ async fn a_layout_2_store_of_plain_chunks_reads_unchanged_and_a_newer_layout_is_
 async fn a_damaged_counter_makes_the_store_unopenable_not_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let (db, tree) = two_events_then_raw(dir.path()).await;
-    tree.insert(meta_key("next_seq"), &[0u8, 3][..]).unwrap();
+    tree.insert(meta_key("counters"), &[0u8, 3][..]).unwrap();
     db.flush().unwrap();
     drop((tree, db));
     let Err(err) = Outbox::open(dir.path(), config(100, 1 << 30, Overflow::Reject)) else {
@@ -390,17 +395,17 @@ async fn a_damaged_counter_makes_the_store_unopenable_not_restarted() {
     assert!(err.is_unopenable(), "{err}");
     assert_eq!(
         err.to_string(),
-        "corrupt outbox record at seq 0: counter next_seq is 2 bytes, not 8"
+        "corrupt outbox record at seq 0: counters are 2 bytes, not 48"
     );
 }
 
 #[tokio::test]
-async fn a_group_of_more_than_one_sled_batch_is_stored_whole() {
+async fn a_group_of_large_events_is_stored_whole() {
     use rand::RngExt as _;
     let dir = tempfile::tempdir().unwrap();
     let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
-    // 12 events of ~60 KiB that barely compress, with producer ids: one request, one group,
-    // whose chunks need several sled batches (writer::BATCH_MAX_BYTES).
+    // 12 events of ~60 KiB that barely compress, with producer ids: one request, one group of
+    // hundreds of sled inserts.
     let mut rng = rand::rng();
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let events: Vec<NewEvent> = (0..12)
@@ -429,10 +434,7 @@ async fn a_group_of_more_than_one_sled_batch_is_stored_whole() {
         .scan_prefix([CHUNK])
         .map(|kv| kv.unwrap().1.len())
         .sum();
-    assert!(
-        stored > 2 * super::writer::BATCH_MAX_BYTES,
-        "the group must span several batches: {stored} chunk bytes"
-    );
+    assert!(stored > 12 * 40_000, "{stored} chunk bytes");
     drop((tree, db));
 
     let running = open(dir.path(), config(100, 1 << 30, Overflow::Reject));
@@ -444,7 +446,7 @@ async fn a_group_of_more_than_one_sled_batch_is_stored_whole() {
     for ((event, sent), (seq, id)) in batch.iter().zip(&events).zip(&assigned) {
         assert_eq!((event.seq, event.id, &event.data), (*seq, *id, &sent.data));
     }
-    // Every id was indexed, those of the first batches too: a retry gets the same seqs.
+    // Every id was indexed: a retry gets the same seqs.
     let retried = outbox.append(events).await.unwrap();
     assert_eq!(retried.assigned, assigned);
     assert_eq!(outbox.stats().next_seq, 13);

@@ -8,14 +8,28 @@ use super::error::OutboxError;
 use super::keys::{be_u64, id_by_seq_key, id_key, index_seq, meta_key};
 use super::stats::OutboxStats;
 
-/// Layout number written at `m` + `layout`: 3 = chunks, plain or zstd ([`chunk`]); 2 = plain
-/// chunks only (read as they are; the number is raised at open); stores without it are of
-/// layout 1 (one `e` + seq key per event, `r` + seq records of retired ids). A higher number is
-/// a store written by a newer build: it is refused ([`OutboxError::Corrupt`], so moved aside
-/// and kept) rather than misread.
-const LAYOUT: u64 = 3;
-/// The first layout of chunks.
-const LAYOUT_CHUNKS: u64 = 2;
+/// Layout number written at `m` + `layout`: 4 = chunks, plain or zstd ([`chunk`]), with every
+/// counter in one value (`m` + `counters`, [`put_counters`]); 3 = the same with one key per
+/// counter, and 2 = plain chunks only, with one key per counter (both converted at open);
+/// stores without it are of layout 1 (one `e` + seq key per event, `r` + seq records of
+/// retired ids; migrated at open). A higher number is a store written by a newer build: it is
+/// refused ([`OutboxError::Corrupt`], so moved aside and kept) rather than misread.
+const LAYOUT: u64 = 4;
+/// The layouts of chunks with one key per counter.
+const LAYOUTS_COUNTER_KEYS: [u64; 2] = [2, 3];
+/// The counters' names in layouts 1-3 (one key each, `m` + name), in [`COUNTERS`] order.
+const COUNTER_NAMES: [&str; 6] = [
+    "next_seq",
+    "acked_seq",
+    "backlog_events",
+    "backlog_bytes",
+    "dropped_events",
+    "sent_seq",
+];
+/// `m` + this holds every counter since layout 4: six u64 BE in [`COUNTER_NAMES`] order, 48
+/// bytes. One value, so that a single sled insert moves them all: a group commit needs no sled
+/// batch (see `writer`).
+const COUNTERS: &str = "counters";
 /// Layout 1's event records: `e` + seq (u64 BE) → event JSON.
 const LEGACY_EVENT: u8 = b'e';
 /// Layout 1's retired-id records: `r` + seq (u64 BE) → ids (16 bytes each).
@@ -30,48 +44,55 @@ const BATCH_KEYS: usize = 256;
 /// # Errors
 /// [`OutboxError::Storage`] from sled, or [`OutboxError::Corrupt`] for an unreadable stream id.
 pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError> {
+    let corrupt = |reason: String| OutboxError::Corrupt { seq: 0, reason };
     // A counter that is absent has its initial value; one that is present but not 8 bytes is
     // damage, never read as absent (a `next_seq` restarting at 1 would reuse answered seqs).
     let get = |name: &str| -> Result<Option<u64>, OutboxError> {
         match tree.get(meta_key(name))? {
             None => Ok(None),
-            Some(v) => be_u64(&v).map(Some).ok_or_else(|| OutboxError::Corrupt {
-                seq: 0,
-                reason: format!("counter {name} is {} bytes, not 8", v.len()),
-            }),
+            Some(v) => be_u64(&v)
+                .map(Some)
+                .ok_or_else(|| corrupt(format!("counter {name} is {} bytes, not 8", v.len()))),
         }
     };
     let Some(stream) = tree.get(meta_key("stream"))? else {
         return init(tree);
     };
-    let stream = Uuid::from_slice(&stream).map_err(|e| OutboxError::Corrupt {
-        seq: 0,
-        reason: format!("stream id: {e}"),
-    })?;
-    let mut stats = OutboxStats {
-        stream,
-        next_seq: get("next_seq")?.unwrap_or(1),
-        acked_seq: get("acked_seq")?.unwrap_or(0),
-        backlog_events: get("backlog_events")?.unwrap_or(0),
-        backlog_bytes: get("backlog_bytes")?.unwrap_or(0),
-        dropped_events: get("dropped_events")?.unwrap_or(0),
-        sent_seq: 0,
-        compactions: 0,
+    let stream = Uuid::from_slice(&stream).map_err(|e| corrupt(format!("stream id: {e}")))?;
+    let mut stats = match tree.get(meta_key(COUNTERS))? {
+        Some(v) => decode_counters(stream, &v).ok_or_else(|| {
+            corrupt(format!(
+                "counters are {} bytes, not {}",
+                v.len(),
+                8 * COUNTER_NAMES.len()
+            ))
+        })?,
+        None => {
+            let next_seq = get("next_seq")?.unwrap_or(1);
+            OutboxStats {
+                stream,
+                next_seq,
+                acked_seq: get("acked_seq")?.unwrap_or(0),
+                backlog_events: get("backlog_events")?.unwrap_or(0),
+                backlog_bytes: get("backlog_bytes")?.unwrap_or(0),
+                dropped_events: get("dropped_events")?.unwrap_or(0),
+                sent_seq: get("sent_seq")?.unwrap_or(next_seq.saturating_sub(1)),
+                compactions: 0,
+            }
+        }
     };
-    stats.sent_seq = get("sent_seq")?.unwrap_or(stats.next_seq.saturating_sub(1));
     match get("layout")?.unwrap_or(1) {
         LAYOUT => {}
         newer if newer > LAYOUT => {
-            return Err(OutboxError::Corrupt {
-                seq: 0,
-                reason: format!(
-                    "store layout {newer} was written by a newer edge-relay (this one reads \
-                     layouts up to {LAYOUT})"
-                ),
-            });
+            return Err(corrupt(format!(
+                "store layout {newer} was written by a newer edge-relay (this one reads layouts \
+                 up to {LAYOUT})"
+            )));
         }
-        LAYOUT_CHUNKS => {
-            tree.insert(meta_key("layout"), LAYOUT.to_be_bytes().to_vec())?;
+        older if LAYOUTS_COUNTER_KEYS.contains(&older) => {
+            let mut batch = sled::Batch::default();
+            put_counters_and_layout(&mut batch, &stats);
+            tree.apply_batch(batch)?;
             tree.flush()?;
         }
         _ => migrate_layout_1(tree, &mut stats)?,
@@ -88,26 +109,73 @@ fn init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError> {
     };
     let mut batch = sled::Batch::default();
     batch.insert(meta_key("stream"), stats.stream.as_bytes().to_vec());
-    batch.insert(meta_key("layout"), LAYOUT.to_be_bytes().to_vec());
-    put_counters(&mut batch, &stats);
+    put_counters_and_layout(&mut batch, &stats);
     tree.apply_batch(batch)?;
     tree.flush()?;
     log::info!(stream:% = stats.stream; "created a new outbox stream");
     Ok(stats)
 }
 
-/// Adds the counters of `s` to `batch`.
+/// Adds to `batch` the counters of `s`, as one value ([`COUNTERS`]).
 pub(super) fn put_counters(batch: &mut sled::Batch, s: &OutboxStats) {
-    for (name, value) in [
-        ("next_seq", s.next_seq),
-        ("acked_seq", s.acked_seq),
-        ("backlog_events", s.backlog_events),
-        ("backlog_bytes", s.backlog_bytes),
-        ("dropped_events", s.dropped_events),
-        ("sent_seq", s.sent_seq),
-    ] {
-        batch.insert(meta_key(name), value.to_be_bytes().to_vec());
+    batch.insert(meta_key(COUNTERS), encode_counters(s).to_vec());
+}
+
+/// Adds to `batch` the counters of `s`, this build's layout number, and the removal of layouts
+/// 1-3's one key per counter: the last batch of a new store, a conversion or a migration.
+fn put_counters_and_layout(batch: &mut sled::Batch, s: &OutboxStats) {
+    put_counters(batch, s);
+    batch.insert(meta_key("layout"), LAYOUT.to_be_bytes().to_vec());
+    for name in COUNTER_NAMES {
+        batch.remove(meta_key(name));
     }
+}
+
+/// Stores the counters of `s` with one sled insert: atomic on its own, and written to sled's
+/// log after every insert made before it, so after a crash the counters never describe more
+/// than what survived (sled's recovery replays its log up to the first torn message).
+///
+/// # Errors
+/// sled's.
+pub(super) fn store_counters(tree: &sled::Tree, s: &OutboxStats) -> sled::Result<()> {
+    tree.insert(meta_key(COUNTERS), &encode_counters(s)[..])?;
+    Ok(())
+}
+
+/// The `m` + `counters` value of `s` ([`COUNTERS`]).
+fn encode_counters(s: &OutboxStats) -> [u8; 48] {
+    let values = [
+        s.next_seq,
+        s.acked_seq,
+        s.backlog_events,
+        s.backlog_bytes,
+        s.dropped_events,
+        s.sent_seq,
+    ];
+    let mut out = [0; 48];
+    for (slot, value) in out.chunks_exact_mut(8).zip(values) {
+        slot.copy_from_slice(&value.to_be_bytes());
+    }
+    out
+}
+
+/// The counters of stream `stream` from an `m` + `counters` value; `None` unless it is 48 bytes.
+fn decode_counters(stream: Uuid, value: &[u8]) -> Option<OutboxStats> {
+    if value.len() != 8 * COUNTER_NAMES.len() {
+        return None;
+    }
+    let mut values = value.chunks_exact(8).filter_map(be_u64);
+    let mut next = || values.next().unwrap_or(0);
+    Some(OutboxStats {
+        stream,
+        next_seq: next(),
+        acked_seq: next(),
+        backlog_events: next(),
+        backlog_bytes: next(),
+        dropped_events: next(),
+        sent_seq: next(),
+        compactions: 0,
+    })
 }
 
 /// Deletes what lies at or past `next_seq`: chunks of a group commit whose last batch (the one
@@ -239,8 +307,7 @@ fn migrate_layout_1(tree: &sled::Tree, stats: &mut OutboxStats) -> Result<(), Ou
     }
     stats.backlog_bytes = bytes;
     let mut batch = sled::Batch::default();
-    put_counters(&mut batch, stats);
-    batch.insert(meta_key("layout"), LAYOUT.to_be_bytes().to_vec());
+    put_counters_and_layout(&mut batch, stats);
     tree.apply_batch(batch)?;
     tree.flush()?;
     log::info!(chunks = chunks, backlog_events = stats.backlog_events;

@@ -4,11 +4,18 @@
 // Design: commands are taken from a bounded queue, up to `GROUP_MAX_EVENTS` events per group.
 // Appends arrive encoded (`outbox::encoded::Encoded`) and are staged in memory as chunks
 // (`chunk::Builder`); at the end of the group the chunks (their pieces and the index entries of
-// their producer-supplied ids) are written in sled batches of up to `BATCH_MAX_BYTES`, usually
-// one, the last also carrying the counters; then one fsync (`FsSync::flush`) makes the group
-// durable, and only then are the producers answered and the durable seq published to readers.
-// A crash between those batches leaves chunks past the durable `next_seq`, which the next open
-// rolls back (`recovery::roll_back`), so a group stays all or nothing.
+// their producer-supplied ids) are written one sled insert each, then the counters (one value,
+// `recovery::store_counters`); then one fsync (`FsSync::flush`) makes the group durable, and
+// only then are the producers answered and the durable seq published to readers.
+//
+// No sled batch: sled 0.34 makes every batch atomic by writing out its io buffer and then the
+// batch's manifest in a buffer of its own, each with a `sync_file_range`
+// (`PageCache::pin_log`), which wrote the log's last page to flash three times per group. Plain
+// inserts are logged in the order they are made, and sled's recovery replays its log up to the
+// first torn message, so what survives a crash is a prefix of the group's inserts: the counters
+// (last) survive only with everything before them, and chunks or id entries that survive
+// without them lie past the durable `next_seq`, which the next open rolls back
+// (`recovery::roll_back`). A group stays all or nothing.
 //
 // Acks and `drop_oldest` delete whole chunks, a few per sled batch, each batch carrying the
 // counters as of its last chunk. Id pruning walks the by-seq index (`s` + seq) up to
@@ -33,7 +40,7 @@ use super::encoded::Encoded;
 use super::error::OutboxError;
 use super::keys::{id_by_seq_key, id_key, index_digest, index_seq, index_value};
 use super::location::{log_bytes, store_bytes};
-use super::recovery::{event_id, put_counters, roll_back};
+use super::recovery::{event_id, roll_back, store_counters};
 use super::stats::OutboxStats;
 use super::store::{Store, free_bytes};
 use crate::config::Overflow;
@@ -41,12 +48,6 @@ use crate::service::heartbeat::Heartbeat;
 
 /// Most events in one group commit (one fsync).
 pub const GROUP_MAX_EVENTS: usize = 1024;
-/// Chunk bytes one sled batch of a group commit gathers before it is applied (a chunk is never
-/// split). Every sled batch costs two synchronous log writes of its own, each followed by
-/// sled's `sync_file_range` (sled 0.34 `PageCache::pin_log` writes out the io buffer before the
-/// batch and its batch manifest in a buffer of its own), so a group of small events goes in one
-/// batch; the bound keeps the batch's copy of a group of large events from doubling its memory.
-pub(super) const BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Most chunks one sled batch of an ack or a drop deletes.
 const CHUNKS_PER_BATCH: usize = 16;
 /// Most remembered ids one ack forgets; acks retire about as many, so this is the catch-up
@@ -386,9 +387,7 @@ impl Writer {
             sent_seq: upto,
             ..self.stats
         };
-        let mut batch = sled::Batch::default();
-        put_counters(&mut batch, &staged);
-        self.tree()?.apply_batch(batch)?;
+        store_counters(self.tree()?, &staged)?;
         self.stats = staged;
         Ok(())
     }
@@ -485,8 +484,8 @@ impl Writer {
         })
     }
 
-    /// Writes the staged chunks in as few sled batches as [`BATCH_MAX_BYTES`] allows (one for
-    /// a group of small events), the counters with the last.
+    /// Writes the staged chunks, then the counters, one sled insert each and no sled batch:
+    /// a group's atomicity comes from the counters going last (see the module's design note).
     fn write_group(&mut self, group: Group) -> Result<(), OutboxError> {
         if group.chunks.is_empty() {
             return Ok(());
@@ -496,32 +495,22 @@ impl Writer {
         staged.backlog_events += group.events;
         let mut ids = group.ids;
         ids.sort_unstable_by_key(|(_, seq, _)| *seq);
-        let mut ids = ids.iter().peekable();
-        let count = group.chunks.len();
-        let mut result = Ok(());
-        let (mut batch, mut batched) = (sled::Batch::default(), 0usize);
-        for (n, open) in group.chunks.iter().enumerate() {
-            staged.backlog_bytes += open.stored_bytes();
-            let encoded = open.encode();
-            chunk::put(&mut batch, open.first_seq, &encoded);
-            batched += encoded.len();
-            let end = open.first_seq + u64::from(open.count());
-            while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
-                batch.insert(&id_key(id)[..], &index_value(*seq, *digest)[..]);
-                batch.insert(&id_by_seq_key(*seq)[..], id.as_bytes());
+        let tree = self.tree()?;
+        let result = (|| {
+            let mut ids = ids.iter().peekable();
+            for open in &group.chunks {
+                staged.backlog_bytes += open.stored_bytes();
+                for (key, piece) in chunk::pieces(open.first_seq, &open.encode()) {
+                    tree.insert(&key[..], piece)?;
+                }
+                let end = open.first_seq + u64::from(open.count());
+                while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
+                    tree.insert(&id_key(id)[..], &index_value(*seq, *digest)[..])?;
+                    tree.insert(&id_by_seq_key(*seq)[..], id.as_bytes())?;
+                }
             }
-            let last = n + 1 == count;
-            if last {
-                put_counters(&mut batch, &staged);
-            } else if batched < BATCH_MAX_BYTES {
-                continue;
-            }
-            result = self.tree()?.apply_batch(std::mem::take(&mut batch));
-            batched = 0;
-            if result.is_err() {
-                break;
-            }
-        }
+            store_counters(tree, &staged)
+        })();
         match result {
             Ok(()) => {
                 self.stats = staged;

@@ -162,6 +162,20 @@ impl LazyFs {
     /// Call after [`LazyFs::power_off`], the kill and the reap of every process using the
     /// filesystem. Returns what it dropped, one `path: size -> size` per changed file.
     pub fn cut(&self) -> Vec<String> {
+        self.cut_keeping(&mut || false)
+    }
+
+    /// [`LazyFs::cut`] on a drive that wrote back part of its cache before the power went:
+    /// each page written since its file's last sync (and each grown size) survives with
+    /// probability 1/2, drawn from `seed`. A store must recover from any such subset: this is
+    /// where a commit's writes reach the medium only in part, and out of order.
+    pub fn cut_torn(&self, seed: u64) -> Vec<String> {
+        use rand::{RngExt as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        self.cut_keeping(&mut || rng.random_bool(0.5))
+    }
+
+    fn cut_keeping(&self, reached: &mut dyn FnMut() -> bool) -> Vec<String> {
         let mut s = lock(&self.state);
         assert!(
             s.held.is_empty(),
@@ -173,7 +187,7 @@ impl LazyFs {
         for (&ino, node) in &mut s.nodes {
             if let Kind::File(data) = &mut node.kind {
                 let before = data.data.len();
-                if data.cut() {
+                if data.cut(reached) {
                     dropped.push((ino, before, data.data.len()));
                 }
             }

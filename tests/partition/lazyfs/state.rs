@@ -108,17 +108,42 @@ impl FileData {
         self.durable_len = self.data.len() as u64;
     }
 
-    /// Back to the durable content; whether anything changed.
-    pub(super) fn cut(&mut self) -> bool {
-        let changed = !self.undo.is_empty() || self.data.len() as u64 != self.durable_len;
-        for (page, bytes) in std::mem::take(&mut self.undo) {
-            let start = (page * PAGE) as usize;
-            if self.data.len() < start + bytes.len() {
-                self.data.resize(start + bytes.len(), 0);
-            }
-            self.data[start..start + bytes.len()].copy_from_slice(&bytes);
+    /// Back to the durable content, except what `reached` picks among the changes since the
+    /// last sync: each changed page, and a grown size, is asked once and kept when it says
+    /// true (a drive writes its cache back in any order, so any subset may have reached the
+    /// medium). `|| false` is the plain cut. A file that shrank gets its durable content back
+    /// whole. Returns whether anything changed.
+    pub(super) fn cut(&mut self, reached: &mut dyn FnMut() -> bool) -> bool {
+        let volatile_len = self.data.len() as u64;
+        let changed = !self.undo.is_empty() || volatile_len != self.durable_len;
+        let shrank = volatile_len < self.durable_len;
+        let len = if volatile_len > self.durable_len && reached() {
+            volatile_len
+        } else {
+            self.durable_len
+        };
+        if self.data.len() < self.durable_len as usize {
+            self.data.resize(self.durable_len as usize, 0);
         }
-        self.data.resize(self.durable_len as usize, 0);
+        for (page, bytes) in std::mem::take(&mut self.undo) {
+            if !shrank && reached() {
+                continue;
+            }
+            let start = (page * PAGE) as usize;
+            let end = (start + PAGE as usize).min(self.data.len());
+            self.data[start..start + bytes.len()].copy_from_slice(&bytes);
+            // The part of the page past the durable length was never durable.
+            self.data[start + bytes.len()..end].fill(0);
+        }
+        for page in self.durable_len.div_ceil(PAGE)..volatile_len.div_ceil(PAGE) {
+            if !reached() {
+                let start = (page * PAGE) as usize;
+                let end = (start + PAGE as usize).min(self.data.len());
+                self.data[start..end].fill(0);
+            }
+        }
+        self.data.resize(len as usize, 0);
+        self.durable_len = len;
         changed
     }
 }
@@ -418,16 +443,36 @@ mod tests {
         f.write(5_000, &[2; 10_000]);
         f.set_len(3);
         f.write(20_000, b"tail");
-        assert!(f.cut());
+        assert!(f.cut(&mut || false));
         assert_eq!(f.data, vec![1; 10_000]);
-        assert!(!f.cut());
+        assert!(!f.cut(&mut || false));
+    }
+
+    #[test]
+    fn a_torn_cut_keeps_exactly_the_changes_it_is_told_reached() {
+        let page = PAGE as usize;
+        let mut f = file();
+        f.write(0, &vec![1; 3 * page]);
+        f.sync();
+        f.write(0, &vec![2; 3 * page]);
+        f.write(3 * page as u64, &vec![3; 2 * page]);
+        // Asked in order: the grown size, then pages 0-2 (changed), then 3-4 (appended).
+        let mut answers = [true, true, false, true, false, true].into_iter();
+        assert!(f.cut(&mut || answers.next().unwrap()));
+        assert_eq!(answers.next(), None);
+        let pages: Vec<u8> = f.data.chunks(page).map(|p| p[0]).collect();
+        assert_eq!(pages, [2, 1, 2, 0, 3]);
+        assert!(f.data.chunks(page).all(|p| p.iter().all(|b| *b == p[0])));
+        // What the cut left is the durable content now.
+        assert!(!f.cut(&mut || false));
+        assert_eq!(f.data.len(), 5 * page);
     }
 
     #[test]
     fn a_file_never_synced_is_empty_after_a_cut() {
         let mut f = file();
         f.write(100, b"abc");
-        f.cut();
+        f.cut(&mut || false);
         assert!(f.data.is_empty());
     }
 
@@ -442,7 +487,7 @@ mod tests {
         let now = f.data.clone();
         f.sync();
         f.write(0, &[4; 4]);
-        f.cut();
+        f.cut(&mut || false);
         assert_eq!(f.data, now);
     }
 }

@@ -44,6 +44,8 @@ const KINDS: [Cut; 6] = [
     Cut::RelayDelivery,
     Cut::Both,
 ];
+/// Share of the cuts that are torn ([`Fault::torn`]).
+const TORN: f64 = 0.5;
 /// Concurrent producers (their requests share group commits).
 const PRODUCERS: u64 = 4;
 /// Largest batch a producer posts.
@@ -67,16 +69,23 @@ const DRAIN_BOUND: Duration = Duration::from_secs(60);
 /// Bound on a producer's last batch.
 const PRODUCER_STOP: Duration = Duration::from_secs(30);
 
-/// One power cut of a run: whose, and when.
+/// One power cut of a run: whose, when, and how much of what was not synced survives.
 #[derive(Clone, Copy)]
 struct Fault {
     cut: Cut,
     at: At,
+    /// `Some(seed)`: a torn cut ([`LazyFs::cut_torn`]), a random half of the pages written
+    /// since the last sync survives; `None`: none does.
+    torn: Option<u64>,
 }
 
 impl Debug for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}@{:?}", self.cut, self.at)
+        write!(f, "{:?}@{:?}", self.cut, self.at)?;
+        match self.torn {
+            Some(seed) => write!(f, "+torn{seed}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -238,7 +247,9 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
             } else {
                 At::After(rng.random_range(CUT_AFTER_MS))
             };
-            Fault { cut, at }
+            // Torn cuts only where syncs are honoured: the control must lose what it wrote.
+            let torn = (fsync == Fsync::Honoured && rng.random_bool(TORN)).then(|| rng.random());
+            Fault { cut, at, torn }
         })
         .collect();
     let relay_fs = mount(&tmp.path().join("relay"), fsync);
@@ -270,7 +281,7 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
         .collect();
     let batches = || producers.iter().map(Producer::batches).sum::<usize>();
     let mut last_cut = Instant::now();
-    for &Fault { cut, at } in &schedule {
+    for &Fault { cut, at, torn } in &schedule {
         let step = async {
             if cut == Cut::RelayIngest {
                 // An outage of the upstream (no cut): the relay only ingests.
@@ -310,7 +321,7 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
             }
             let late = land(at, victims[0].1).await;
             end.faults += victims.len() as u64;
-            let dropped = power_cut(&mut victims);
+            let dropped = power_cut(&mut victims, torn);
             end.dropped
                 .push(format!("{cut:?}@{at:?}: {}", dropped.join(", ")));
             last_cut = Instant::now();
@@ -366,7 +377,7 @@ async fn one_run(rng: &mut StdRng, cuts: u64, fsync: Fsync) -> RunEnd {
     }
     relay.kill();
     end.faults += 1;
-    let dropped = power_cut(&mut [(&mut sink, &sink_fs)]);
+    let dropped = power_cut(&mut [(&mut sink, &sink_fs)], None);
     end.dropped
         .push(format!("final upstream cut: {}", dropped.join(", ")));
     end.violations.extend(conflicts(&answers));
@@ -451,8 +462,9 @@ async fn land(at: At, fs: &LazyFs) -> Result<(), String> {
 
 /// The power cut of `victims` at once: their filesystems stop (a sync in flight is never
 /// answered), their processes are killed, and what the filesystems did not hold durably is
-/// gone. Returns what was dropped, file by file (`<mount>/<path>: size -> size`).
-fn power_cut(victims: &mut [(&mut Proc, &LazyFs)]) -> Vec<String> {
+/// gone, or (`torn`) a random part of it. Returns what was dropped, file by file
+/// (`<mount>/<path>: size -> size`).
+fn power_cut(victims: &mut [(&mut Proc, &LazyFs)], torn: Option<u64>) -> Vec<String> {
     for (_, fs) in victims.iter() {
         fs.power_off();
     }
@@ -471,7 +483,11 @@ fn power_cut(victims: &mut [(&mut Proc, &LazyFs)]) -> Vec<String> {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        dropped.extend(fs.cut().into_iter().map(|d| format!("{mount}/{d}")));
+        let cut = match torn {
+            Some(seed) => fs.cut_torn(seed),
+            None => fs.cut(),
+        };
+        dropped.extend(cut.into_iter().map(|d| format!("{mount}/{d}")));
     }
     dropped
 }
