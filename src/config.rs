@@ -193,6 +193,12 @@ pub struct BufferConfig {
     /// backlog is at most 1 MiB, giving back the disk a drained backlog held (sled never
     /// shrinks its files); 0 turns compaction off. Default 16 MiB.
     pub compact_min_bytes: u64,
+    /// Longest a group commit waits, in microseconds, for the appends it expects (as many as
+    /// the last group had plus those that queued during its fsync): at most the last commit's
+    /// own time, and never when no more are expected (one producer); 0 turns it off. Fewer,
+    /// larger group commits: fewer fsyncs per event, so less flash wear, for at most one
+    /// commit time of added latency (`outbox::writer`). Default 1000, at most 100000.
+    pub commit_delay_max_us: u64,
 }
 
 /// `[relay]` section.
@@ -271,6 +277,7 @@ impl Default for BufferConfig {
             id_retention: 100_000,
             min_free_bytes: 32 * 1024 * 1024,
             compact_min_bytes: 16 * 1024 * 1024,
+            commit_delay_max_us: 1000,
         }
     }
 }

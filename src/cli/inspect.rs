@@ -53,6 +53,7 @@ pub fn inspect(dir: &Path, events: usize) -> anyhow::Result<Inspection> {
         id_retention: 0,
         min_free_bytes: 0,
         compact_min_bytes: 0,
+        commit_delay_max: std::time::Duration::ZERO,
     };
     // The error's Display already carries sled's cause; as a context it would print twice.
     let (outbox, _writer) = Outbox::open(dir, config).map_err(|e| {
@@ -138,6 +139,7 @@ mod tests {
                     id_retention: 10,
                     min_free_bytes: 0,
                     compact_min_bytes: 0,
+                    commit_delay_max: std::time::Duration::ZERO,
                 },
             )
             .unwrap();

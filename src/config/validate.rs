@@ -67,6 +67,10 @@ impl Config {
             buf.cache_bytes >= 256,
             "buffer.cache_bytes must be at least 256",
         );
+        check(
+            buf.commit_delay_max_us <= 100_000,
+            "buffer.commit_delay_max_us must be at most 100000 (0.1 s)",
+        );
         let relay = &self.relay;
         check(
             (1..=10_000).contains(&relay.batch_max_events),

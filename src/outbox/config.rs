@@ -17,6 +17,9 @@ pub struct OutboxConfig {
     pub min_free_bytes: u64,
     /// Smallest store log compacted into a fresh store (0: never); see `outbox::compact`.
     pub compact_min_bytes: u64,
+    /// Longest wait of a group commit for the appends it expects (0: none); see
+    /// `writer::CommitDelay`.
+    pub commit_delay_max: std::time::Duration,
 }
 
 impl From<&BufferConfig> for OutboxConfig {
@@ -28,6 +31,7 @@ impl From<&BufferConfig> for OutboxConfig {
             id_retention: b.id_retention,
             min_free_bytes: b.min_free_bytes,
             compact_min_bytes: b.compact_min_bytes,
+            commit_delay_max: std::time::Duration::from_micros(b.commit_delay_max_us),
         }
     }
 }

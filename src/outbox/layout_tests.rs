@@ -19,6 +19,7 @@ fn config(id_retention: u64, max_bytes: u64, overflow: Overflow) -> OutboxConfig
         id_retention,
         min_free_bytes: 0,
         compact_min_bytes: 0,
+        commit_delay_max: std::time::Duration::ZERO,
     }
 }
 

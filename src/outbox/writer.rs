@@ -30,7 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod commit_delay;
 mod retire;
+
+use commit_delay::CommitDelay;
 
 use super::chunk::{self, Builder};
 use super::command::{Appended, Command};
@@ -82,6 +85,7 @@ pub struct Writer {
     published: watch::Sender<OutboxStats>,
     heartbeat: Heartbeat,
     compaction: Compaction,
+    delay: CommitDelay,
 }
 
 /// Appends staged in memory during one group commit.
@@ -131,6 +135,7 @@ impl Writer {
             commands,
             published,
             heartbeat: Heartbeat::unwatched("writer"),
+            delay: CommitDelay::default(),
         }
     }
 
@@ -174,9 +179,13 @@ impl Writer {
         let mut next = Some(first);
         let mut acked = false;
         let clean = self.clean_up();
+        let (mut appends, mut deadline) = (0usize, None);
         while let Some(cmd) = next.take() {
             events += match &cmd {
-                Command::Append { events, .. } => events.len().max(1),
+                Command::Append { events, .. } => {
+                    appends += 1;
+                    events.len().max(1)
+                }
                 Command::Ack { .. } | Command::Progress { .. } => {
                     acked = true;
                     1
@@ -191,14 +200,25 @@ impl Writer {
             });
             if events < GROUP_MAX_EVENTS {
                 next = self.commands.try_recv().ok();
+                if next.is_none() && self.delay.waits(appends) && clean.is_ok() {
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + self.delay.window);
+                    next = self.next_before(until).await;
+                }
             }
         }
         // A broken store answers every command with the refusal and is not flushed.
+        let started = Instant::now();
         let flushed = match (&clean, self.write_group(group)) {
             (Err(_), _) => Ok(()),
             (Ok(()), Ok(())) => self.flush().await,
             (Ok(()), Err(e)) => Err(e),
         };
+        self.delay = CommitDelay::after(
+            appends,
+            self.commands.len(),
+            started.elapsed(),
+            self.config.commit_delay_max,
+        );
         if let Err(e) = &flushed {
             log::error!(error:% = e; "outbox commit failed; answering the group with an error");
             if is_io(e) && self.broken.is_none() {
@@ -227,6 +247,22 @@ impl Writer {
         }
         if acked && flushed.is_ok() && self.broken.is_none() {
             self.compact_if_due().await;
+        }
+    }
+
+    /// The next command, if one comes before `until`; `None` at `until` (or once the queue is
+    /// closed and empty). The timer is a sleeping thread of tokio's blocking pool: tokio's own
+    /// timer rounds up to whole milliseconds, longer than the fsync this wait is measured in.
+    async fn next_before(&mut self, until: Instant) -> Option<Command> {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let timer = tokio::task::spawn_blocking(move || std::thread::sleep(left));
+        tokio::select! {
+            biased;
+            cmd = self.commands.recv() => cmd,
+            _ = timer => None,
         }
     }
 
