@@ -103,7 +103,7 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
     let row = match row {
         Some(row) => row,
         None => {
-            // A new stream: the insert above found no acked seq and stored nothing.
+            // A new stream, as the lock saw it.
             exec(
                 &txn,
                 "INSERT INTO streams (gateway, stream) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -112,7 +112,9 @@ pub(super) async fn ingest(client: &mut Client, args: &IngestArgs) -> Result<Out
             .await?;
             let row = row_one(&txn, LOCK, &[&gw, &stream]).await?;
             log::info!(gateway = gw, stream:% = stream; "sink: new stream");
-            stored = insert_events(&txn, args).await?;
+            // The first insert stored nothing, or (the row committed meanwhile by another
+            // node) it stored under the lock it took: count both.
+            stored += insert_events(&txn, args).await?;
             row
         }
     };
@@ -221,12 +223,18 @@ async fn merge_gap(
 }
 
 /// The batch's events (`$3`.. as arrays, data as JSON text) above the committed acked seq.
+///
+/// The statement takes the stream row's lock itself (`FOR UPDATE` in the subquery), so it never
+/// inserts an event without it, even when it runs unlocked: the row of a new stream can be
+/// committed by another node between the pipelined `LOCK`, which found none, and this insert.
+/// Inserted then without the lock, its events could wait on a holder of the lock while that
+/// holder waited on them: a deadlock (40P01), seen as a failed `edge_ingest` under load.
 const INSERT_EVENTS: &str = "INSERT INTO events
         (gateway, stream, seq, id, source, kind, time, data, data_text)
     SELECT $1, $2, u.seq, u.id, u.source, u.kind, u.time, u.data::jsonb, u.data_text
     FROM UNNEST($3::int8[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
         $9::text[]) AS u (seq, id, source, kind, time, data, data_text)
-    WHERE u.seq > (SELECT acked_seq FROM streams WHERE gateway = $1 AND stream = $2)
+    WHERE u.seq > (SELECT acked_seq FROM streams WHERE gateway = $1 AND stream = $2 FOR UPDATE)
     ON CONFLICT DO NOTHING";
 
 /// Inserts the batch's events above the stream's committed acked seq (none when the stream has no
