@@ -10,8 +10,8 @@
 //
 // No sled batch: sled 0.34 makes every batch atomic by writing out its io buffer and then the
 // batch's manifest in a buffer of its own, each with a `sync_file_range`
-// (`PageCache::pin_log`), which wrote the log's last page to flash three times per group. Plain
-// inserts are logged in the order they are made, and sled's recovery replays its log up to the
+// (`PageCache::pin_log`), which wrote the log's tail to flash twice per group before the fsync.
+// Plain inserts are logged in the order they are made, and sled's recovery replays its log up to the
 // first torn message, so what survives a crash is a prefix of the group's inserts: the counters
 // (last) survive only with everything before them, and chunks or id entries that survive
 // without them lie past the durable `next_seq`, which the next open rolls back
