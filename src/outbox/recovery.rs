@@ -30,6 +30,8 @@ const COUNTER_NAMES: [&str; 6] = [
 /// bytes. One value, so that a single sled insert moves them all: a group commit needs no sled
 /// batch (see `writer`).
 const COUNTERS: &str = "counters";
+/// Length of the [`COUNTERS`] value.
+const COUNTERS_BYTES: usize = 8 * COUNTER_NAMES.len();
 /// Layout 1's event records: `e` + seq (u64 BE) → event JSON.
 const LEGACY_EVENT: u8 = b'e';
 /// Layout 1's retired-id records: `r` + seq (u64 BE) → ids (16 bytes each).
@@ -62,9 +64,8 @@ pub(super) fn load_or_init(tree: &sled::Tree) -> Result<OutboxStats, OutboxError
     let mut stats = match tree.get(meta_key(COUNTERS))? {
         Some(v) => decode_counters(stream, &v).ok_or_else(|| {
             corrupt(format!(
-                "counters are {} bytes, not {}",
-                v.len(),
-                8 * COUNTER_NAMES.len()
+                "counters are {} bytes, not {COUNTERS_BYTES}",
+                v.len()
             ))
         })?,
         None => {
@@ -143,7 +144,7 @@ pub(super) fn store_counters(tree: &sled::Tree, s: &OutboxStats) -> sled::Result
 }
 
 /// The `m` + `counters` value of `s` ([`COUNTERS`]).
-fn encode_counters(s: &OutboxStats) -> [u8; 48] {
+fn encode_counters(s: &OutboxStats) -> [u8; COUNTERS_BYTES] {
     let values = [
         s.next_seq,
         s.acked_seq,
@@ -152,16 +153,17 @@ fn encode_counters(s: &OutboxStats) -> [u8; 48] {
         s.dropped_events,
         s.sent_seq,
     ];
-    let mut out = [0; 48];
+    let mut out = [0; COUNTERS_BYTES];
     for (slot, value) in out.chunks_exact_mut(8).zip(values) {
         slot.copy_from_slice(&value.to_be_bytes());
     }
     out
 }
 
-/// The counters of stream `stream` from an `m` + `counters` value; `None` unless it is 48 bytes.
+/// The counters of stream `stream` from an `m` + `counters` value; `None` unless it is
+/// [`COUNTERS_BYTES`] long.
 fn decode_counters(stream: Uuid, value: &[u8]) -> Option<OutboxStats> {
-    if value.len() != 8 * COUNTER_NAMES.len() {
+    if value.len() != COUNTERS_BYTES {
         return None;
     }
     let mut values = value.chunks_exact(8).filter_map(be_u64);
@@ -178,8 +180,8 @@ fn decode_counters(stream: Uuid, value: &[u8]) -> Option<OutboxStats> {
     })
 }
 
-/// Deletes what lies at or past `next_seq`: chunks of a group commit whose last batch (the one
-/// with the counters) a crash cut off, and their id index entries. Their producers were never
+/// Deletes what lies at or past `next_seq`: chunks of a group commit whose counters (written
+/// last) a crash cut off, and their id index entries. Their producers were never
 /// answered. Also used by the writer after a failed write, before the next group.
 ///
 /// # Errors

@@ -11,10 +11,10 @@
 // No sled batch: sled 0.34 makes every batch atomic by writing out its io buffer and then the
 // batch's manifest in a buffer of its own, each with a `sync_file_range`
 // (`PageCache::pin_log`), which wrote the log's tail to flash twice per group before the fsync.
-// Plain inserts are logged in the order they are made, and sled's recovery replays its log up to the
-// first torn message, so what survives a crash is a prefix of the group's inserts: the counters
-// (last) survive only with everything before them, and chunks or id entries that survive
-// without them lie past the durable `next_seq`, which the next open rolls back
+// Plain inserts are logged in the order they are made, and sled's recovery replays its log up
+// to the first torn message, so what survives a crash is a prefix of the group's inserts: the
+// counters (last) survive only with everything before them, and chunks or id entries that
+// survive without them lie past the durable `next_seq`, which the next open rolls back
 // (`recovery::roll_back`). A group stays all or nothing.
 //
 // Acks and `drop_oldest` delete whole chunks, a few per sled batch, each batch carrying the
@@ -529,24 +529,7 @@ impl Writer {
         let mut staged = self.stats;
         staged.next_seq += group.events;
         staged.backlog_events += group.events;
-        let mut ids = group.ids;
-        ids.sort_unstable_by_key(|(_, seq, _)| *seq);
-        let tree = self.tree()?;
-        let result = (|| {
-            let mut ids = ids.iter().peekable();
-            for open in &group.chunks {
-                staged.backlog_bytes += open.stored_bytes();
-                for (key, piece) in chunk::pieces(open.first_seq, &open.encode()) {
-                    tree.insert(&key[..], piece)?;
-                }
-                let end = open.first_seq + u64::from(open.count());
-                while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
-                    tree.insert(&id_key(id)[..], &index_value(*seq, *digest)[..])?;
-                    tree.insert(&id_by_seq_key(*seq)[..], id.as_bytes())?;
-                }
-            }
-            store_counters(tree, &staged)
-        })();
+        let result = insert_group(self.tree()?, group, &mut staged);
         match result {
             Ok(()) => {
                 self.stats = staged;
@@ -558,4 +541,24 @@ impl Writer {
             }
         }
     }
+}
+
+/// Inserts `group`'s chunk pieces and id index entries, in seq order, then the counters of
+/// `staged` with its backlog bytes raised by the chunks'; stops at the first error.
+fn insert_group(tree: &sled::Tree, group: Group, staged: &mut OutboxStats) -> sled::Result<()> {
+    let mut ids = group.ids;
+    ids.sort_unstable_by_key(|(_, seq, _)| *seq);
+    let mut ids = ids.iter().peekable();
+    for open in &group.chunks {
+        staged.backlog_bytes += open.stored_bytes();
+        for (key, piece) in chunk::pieces(open.first_seq, &open.encode()) {
+            tree.insert(&key[..], piece)?;
+        }
+        let end = open.first_seq + u64::from(open.count());
+        while let Some((id, seq, digest)) = ids.next_if(|(_, seq, _)| *seq < end) {
+            tree.insert(&id_key(id)[..], &index_value(*seq, *digest)[..])?;
+            tree.insert(&id_by_seq_key(*seq)[..], id.as_bytes())?;
+        }
+    }
+    store_counters(tree, staged)
 }
