@@ -13,8 +13,10 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 /// Largest sled value this project's stores write, bytes (keys are a few dozen bytes more). A sled leaf page holds
 /// at most about 21 entries (it splits above 16; a merge adds at most 4), so with values this
@@ -119,13 +121,32 @@ fn lock_held(dir: &Path) -> bool {
 
 /// Handles on a sled store's files, used to make each flush a real sync. Clones share them.
 ///
-/// Flushes are serialised (sled 0.34.7's `flush_async` can hang forever when called
-/// concurrently, spacejam/sled#1308, fixed only after the last release) and shared: a caller
-/// whose writes a flush that started after them already covered returns without its own.
+/// Flushes are serialised (sled 0.34.7's `flush_async` could hang forever when called
+/// concurrently, spacejam/sled#1308, fixed only after the last release; they now run on one
+/// thread per store, see [`FsSync::flush`]) and shared: a caller whose writes a flush that
+/// started after them already covered returns without its own.
 #[derive(Debug, Clone)]
 pub struct FsSync {
     inner: Arc<Inner>,
     flushes: Arc<Flushes>,
+    /// Jobs for the store's sync thread, which ends once every clone is dropped.
+    jobs: mpsc::Sender<FlushJob>,
+}
+
+/// One flush for the sync thread: the store, its files, and where to answer. The thread drops
+/// its handles before it answers, so a store dropped after its last flush really closes.
+type FlushJob = (sled::Db, Arc<Inner>, oneshot::Sender<sled::Result<()>>);
+
+/// The body of a store's sync thread: for each job, sled's `flush`, then the syncs.
+fn sync_thread(jobs: mpsc::Receiver<FlushJob>) {
+    while let Ok((db, inner, reply)) = jobs.recv() {
+        let done = db
+            .flush()
+            .and_then(|_| inner.sync().map_err(sled::Error::Io));
+        drop((db, inner));
+        // The caller may have gone (its task was cancelled): the flush happened all the same.
+        let _ = reply.send(done);
+    }
 }
 
 /// Flush requests and completions, in tickets.
@@ -176,6 +197,10 @@ impl FsSync {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| named(path, e))?;
         }
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn(move || sync_thread(queue))?;
         Ok(FsSync {
             inner: Arc::new(Inner {
                 log,
@@ -184,20 +209,23 @@ impl FsSync {
                 synced: Mutex::default(),
             }),
             flushes: Arc::default(),
+            jobs,
         })
     }
 
     /// Flushes `db` and then fsyncs what sled left unsynced; only after `Ok` is every write made
     /// to `db` before the call on stable storage.
     ///
-    /// sled's part runs on sled's own pool (`flush_async`), the `fdatasync`s on tokio's blocking
-    /// pool. Running sled's `flush` on tokio's blocking pool instead (so a paused clock would
-    /// wait for all of it) made the relay's RSS grow with the backlog (README, "Measured").
-    /// Under a paused clock (the turmoil simulation) sled's part therefore takes simulated time.
+    /// Both parts run on the store's own sync thread, one handoff there and one back per
+    /// flush. sled's `flush_async` and a blocking task for the syncs took two of each, and each
+    /// is a thread wakeup (README, "Measured"). One long-lived thread rather than tokio's
+    /// blocking pool: sled's flush on the pool's changing threads made the relay's RSS grow
+    /// with the backlog (same section). The caller's task waits for the thread as for I/O, so
+    /// under a paused clock (the turmoil simulation) the flush takes simulated time.
     ///
     /// # Errors
     /// sled's flush failed, or a sync did (`sled::Error::Io`, e.g. EIO from the device), or the
-    /// blocking task could not run (runtime shutting down).
+    /// sync thread is gone (it only ends with the last handle, or by a panic).
     pub async fn flush(&self, db: &sled::Db) -> sled::Result<()> {
         use std::sync::atomic::Ordering;
         let ticket = self.flushes.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -207,11 +235,12 @@ impl FsSync {
         }
         // Every ticket up to here was taken after its writes, so this flush covers them all.
         let covers = self.flushes.requested.load(Ordering::SeqCst);
-        db.flush_async().await?;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.sync())
-            .await
-            .map_err(|e| sled::Error::Io(io::Error::other(format!("fsync task: {e}"))))??;
+        let gone = || sled::Error::Io(io::Error::other("the store's sync thread is gone"));
+        let (reply, done) = oneshot::channel();
+        self.jobs
+            .send((db.clone(), self.inner.clone(), reply))
+            .map_err(|_| gone())?;
+        done.await.map_err(|_| gone())??;
         *completed = covers;
         Ok(())
     }
@@ -297,6 +326,26 @@ mod tests {
         }
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[tokio::test]
+    async fn the_sync_thread_releases_the_store_and_ends_with_the_last_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, queue) = mpsc::channel();
+        let thread = std::thread::spawn(move || sync_thread(queue));
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let sync = FsSync::open(dir.path()).unwrap();
+            db.insert(b"k", b"v").unwrap();
+            let (reply, done) = oneshot::channel();
+            jobs.send((db.clone(), sync.inner.clone(), reply)).unwrap();
+            done.await.unwrap().unwrap();
+        }
+        // The thread kept no handle on the store after answering: it opens again at once.
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        drop(jobs);
+        thread.join().unwrap();
     }
 
     /// spacejam/sled#1308: concurrent `flush_async` calls could wait forever; the reference

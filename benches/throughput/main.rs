@@ -9,6 +9,9 @@
 //! - `--only-ingest`: measure the floor, then only the NDJSON phase of cycle 1 (min(N, 200,000)
 //!   events, 4 producers, batches of 100, empty store) and stop: no idle RSS, single-event
 //!   phases, drains, cycles or own-process run. For quick before/after comparisons of ingest.
+//! - `--only-single`: only the two single-event phases of cycle 1 (1 producer, then 16, empty
+//!   store, no floor) and their ratio goal, with the CPU per event of each. For quick
+//!   before/after comparisons of group commit.
 //!
 //! Quick run: `cargo bench --bench throughput -- --events 100000 --cycles 2` (a few minutes
 //! after the build). The default run took 41 min on the shared 2-core VM under a load average of
@@ -77,17 +80,19 @@ struct Args {
     cycles: usize,
     idle_secs: u64,
     only_ingest: bool,
+    only_single: bool,
 }
 
 impl Args {
-    /// Parses `--events`, `--cycles`, `--idle-secs` and `--only-ingest`; ignores the `--bench`
-    /// cargo adds.
+    /// Parses `--events`, `--cycles`, `--idle-secs`, `--only-ingest` and `--only-single`;
+    /// ignores the `--bench` cargo adds.
     fn parse() -> Self {
         let mut args = Args {
             events: 1_000_000,
             cycles: 10,
             idle_secs: 10,
             only_ingest: false,
+            only_single: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -101,9 +106,11 @@ impl Args {
                 "--cycles" => args.cycles = value("--cycles") as usize,
                 "--idle-secs" => args.idle_secs = value("--idle-secs"),
                 "--only-ingest" => args.only_ingest = true,
+                "--only-single" => args.only_single = true,
                 "--bench" => {}
                 other => panic!(
-                    "unknown flag {other}; flags: --events N --cycles C --idle-secs S --only-ingest"
+                    "unknown flag {other}; flags: --events N --cycles C --idle-secs S --only-ingest \
+                     --only-single"
                 ),
             }
         }
@@ -174,6 +181,11 @@ async fn main() {
     }
     if n != 1_000_000 {
         println!("(the goals are set for 1,000,000 events per fill; this run fills fewer)");
+    }
+
+    if args.only_single {
+        only_single(config, &lines, n).await;
+        return;
     }
 
     // 1. The floor, on the same filesystem, before anything else runs in this process.
@@ -249,20 +261,7 @@ async fn main() {
     println!();
     println!("cycle 1 (no upstream while filling)");
     report_header();
-    let single1 = ingest(addr, &lines, 5_000.min(n / 20), 1, 1).await;
-    report(
-        "ingest, single events, 1 producer",
-        single1.events,
-        single1.took,
-        single1.written,
-    );
-    let single16 = ingest(addr, &lines, 40_000.min(n / 5), 1, 16).await;
-    report(
-        "ingest, single events, 16 producers",
-        single16.events,
-        single16.took,
-        single16.written,
-    );
+    let (single1, single16) = single_events(addr, &lines, n).await;
     let already = relay.outbox.stats().backlog_events as usize;
     let probe = ingest(
         addr,
@@ -303,14 +302,7 @@ async fn main() {
     let disk_drained = DiskUse::of(&relay_dir);
     println!();
 
-    let ratio = single16.rate() / single1.rate();
-    goals.add(
-        "single-event POSTs, 16 producers / 1 producer",
-        format!("{ratio:.1}x"),
-        &format!("({:.0} / {:.0} events/s)", single16.rate(), single1.rate()),
-        "≥ 8x",
-        Some(ratio >= 8.0),
-    );
+    ratio_goal(&mut goals, &single1, &single16);
     ndjson_goals(&mut goals, &probe, floor_rate);
     println!(
         "stored event, encoded JSON: mean {encoded:.0} B ({sampled} sampled); the outbox's own \

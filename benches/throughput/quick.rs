@@ -1,4 +1,5 @@
-//! `--only-ingest`: the floor and the NDJSON ingest rate alone, for quick before/after runs.
+//! `--only-ingest` and `--only-single`: one goal's phases alone, for quick before/after runs;
+//! and the single-event phases and their goal, which cycle 1 shares.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,71 @@ pub(crate) async fn only_ingest(config: Config, lines: &Arc<Lines>, n: usize, fl
     relay.stop().await;
     let mut goals = Goals::default();
     ndjson_goals(&mut goals, &probe, floor_rate);
+    println!();
+    goals.print();
+}
+
+/// Cycle 1's single-event phases: `min(5,000, N / 20)` events from 1 producer, then
+/// `min(40,000, N / 5)` from 16, one event per `POST`; each reported as it ends.
+pub(crate) async fn single_events(
+    addr: SocketAddr,
+    lines: &Arc<Lines>,
+    n: usize,
+) -> (Ingested, Ingested) {
+    let one = single_phase(addr, lines, 5_000.min(n / 20), 1).await;
+    let sixteen = single_phase(addr, lines, 40_000.min(n / 5), 16).await;
+    (one, sixteen)
+}
+
+/// `events` single-event `POST`s from `producers`, reported with the CPU per event.
+async fn single_phase(
+    addr: SocketAddr,
+    lines: &Arc<Lines>,
+    events: usize,
+    producers: usize,
+) -> Ingested {
+    let cpu = cpu_seconds();
+    let phase = ingest(addr, lines, events, 1, producers).await;
+    let cpu = cpu_seconds() - cpu;
+    let label = match producers {
+        1 => "ingest, single events, 1 producer".to_owned(),
+        n => format!("ingest, single events, {n} producers"),
+    };
+    report(&label, phase.events, phase.took, phase.written);
+    println!(
+        "  CPU of this process (relay + load generator) meanwhile: {:.1} us per event, {:.2} \
+         cores on average",
+        cpu * 1e6 / phase.events as f64,
+        cpu / phase.took.as_secs_f64()
+    );
+    phase
+}
+
+/// Adds the group-commit goal: 16 single-event producers against one.
+pub(crate) fn ratio_goal(goals: &mut Goals, one: &Ingested, sixteen: &Ingested) {
+    let ratio = sixteen.rate() / one.rate();
+    goals.add(
+        "single-event POSTs, 16 producers / 1 producer",
+        format!("{ratio:.1}x"),
+        &format!("({:.0} / {:.0} events/s)", sixteen.rate(), one.rate()),
+        "≥ 8x",
+        Some(ratio >= 8.0),
+    );
+}
+
+/// The single-event phases of cycle 1 alone (relay in process, empty store, no upstream) and
+/// their goal.
+pub(crate) async fn only_single(config: Config, lines: &Arc<Lines>, n: usize) {
+    let relay = edge_relay::daemon::start(config, edge_relay::daemon::Seams::default())
+        .await
+        .expect("relay");
+    println!();
+    println!("single-event ingest only (--only-single: no floor, NDJSON, drain or own process)");
+    report_header();
+    let (one, sixteen) = single_events(relay.ingest_addr, lines, n).await;
+    relay.stop().await;
+    let mut goals = Goals::default();
+    ratio_goal(&mut goals, &one, &sixteen);
     println!();
     goals.print();
 }
