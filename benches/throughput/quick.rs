@@ -53,21 +53,15 @@ pub(crate) async fn only_ingest(config: Config, lines: &Arc<Lines>, n: usize, fl
     println!();
     println!("NDJSON ingest only (--only-ingest: no single-event phases, drain or own process)");
     report_header();
-    let cpu = cpu_seconds();
-    let probe = ingest(addr, lines, 200_000.min(n), BATCH, BATCH_PRODUCERS).await;
-    let cpu = cpu_seconds() - cpu;
-    report(
+    let probe = measured_phase(
         "ingest, NDJSON batches of 100, 4 producers",
-        probe.events,
-        probe.took,
-        probe.written,
-    );
-    println!(
-        "CPU of this process (relay + load generator) meanwhile: {cpu:.2} s = {:.2} us per \
-         event, {:.2} cores on average",
-        cpu * 1e6 / probe.events as f64,
-        cpu / probe.took.as_secs_f64()
-    );
+        addr,
+        lines,
+        200_000.min(n),
+        BATCH,
+        BATCH_PRODUCERS,
+    )
+    .await;
     relay.stop().await;
     let mut goals = Goals::default();
     ndjson_goals(&mut goals, &probe, floor_rate);
@@ -94,17 +88,30 @@ async fn single_phase(
     events: usize,
     producers: usize,
 ) -> Ingested {
-    let cpu = cpu_seconds();
-    let phase = ingest(addr, lines, events, 1, producers).await;
-    let cpu = cpu_seconds() - cpu;
     let label = match producers {
         1 => "ingest, single events, 1 producer".to_owned(),
         n => format!("ingest, single events, {n} producers"),
     };
-    report(&label, phase.events, phase.took, phase.written);
+    measured_phase(&label, addr, lines, events, 1, producers).await
+}
+
+/// [`ingest`] of `events` in bodies of `per_body` from `producers`, reported under `label`
+/// with this process's CPU time over the phase (steadier than the rate on a shared machine).
+async fn measured_phase(
+    label: &str,
+    addr: SocketAddr,
+    lines: &Arc<Lines>,
+    events: usize,
+    per_body: usize,
+    producers: usize,
+) -> Ingested {
+    let cpu = cpu_seconds();
+    let phase = ingest(addr, lines, events, per_body, producers).await;
+    let cpu = cpu_seconds() - cpu;
+    report(label, phase.events, phase.took, phase.written);
     println!(
-        "  CPU of this process (relay + load generator) meanwhile: {:.1} us per event, {:.2} \
-         cores on average",
+        "CPU of this process (relay + load generator) meanwhile: {cpu:.2} s = {:.2} us per \
+         event, {:.2} cores on average",
         cpu * 1e6 / phase.events as f64,
         cpu / phase.took.as_secs_f64()
     );
